@@ -1,0 +1,23 @@
+"""Shared test fixtures and settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def raccoon_root() -> Path:
+    """The VOCdevkit-style folder with the real raccoon photos (skips when absent)."""
+    root = SHARED_DATASETS / "raccoon_voc"
+    if not (root / "VOC2007" / "Annotations").is_dir():
+        pytest.skip(f"real-format raccoon data not found at {root} (see shared/datasets/README.md)")
+    return root
