@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Dict  # noqa: UP035 - TorchScript resolves typing.Dict
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -74,7 +75,7 @@ class _GhostTrunk(nn.Module):
             stages.append(nn.Sequential(ConvBnAct(prev, last)))
             stage_out.append(last)
         self.blocks = nn.Sequential(*stages)
-        self.stage_channels: list[int] = stage_out
+        self.stage_channels = stage_out
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.act1(self.bn1(self.conv_stem(x)))
@@ -171,8 +172,8 @@ class GhostNetFeatures(_GhostTrunk):
         self.output_stride = output_stride
         self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
         self._return = {LEVEL_STAGES[i]: str(n) for n, i in enumerate(sorted(out_indices))}
-        self.out_channels: list[int] = [self.stage_channels[LEVEL_STAGES[i]] for i in sorted(out_indices)]
-        self.strides: list[int] = [min(LEVEL_STRIDES[i], output_stride) for i in sorted(out_indices)]
+        self.out_channels = [self.stage_channels[LEVEL_STAGES[i]] for i in sorted(out_indices)]
+        self.strides = [min(LEVEL_STRIDES[i], output_stride) for i in sorted(out_indices)]
         self._freeze()
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -194,9 +195,9 @@ class GhostNetFeatures(_GhostTrunk):
                     m.eval()
         return self
 
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:  # noqa: UP006 - an OrderedDict; typed for TorchScript
         x = self.forward_stem(x)
-        out: OrderedDict[str, Tensor] = OrderedDict()
+        out: Dict[str, Tensor] = OrderedDict()  # noqa: UP006
         for idx, stage in enumerate(self.blocks):
             x = stage(x)
             if idx in self._return:

@@ -95,6 +95,7 @@ class GhostModule(nn.Module):
         super().__init__()
         self.out_chs = out_chs
         init_chs = math.ceil(out_chs / 2)
+        self.needs_slice = 2 * init_chs != out_chs  # only for odd widths
         self.primary_conv = nn.Sequential(
             nn.Conv2d(in_chs, init_chs, 1, bias=False),
             nn.BatchNorm2d(init_chs),
@@ -107,10 +108,13 @@ class GhostModule(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.ghost(x)
+
+    def ghost(self, x: Tensor) -> Tensor:
         x1 = self.primary_conv(x)
         x2 = self.cheap_operation(x1)
         out = torch.cat([x1, x2], dim=1)
-        return out if out.shape[1] == self.out_chs else out[:, : self.out_chs]
+        return out[:, : self.out_chs] if self.needs_slice else out
 
 
 class GhostModuleV2(GhostModule):
@@ -138,7 +142,7 @@ class GhostModuleV2(GhostModule):
         # Maps smaller than the window (tiny inputs) pool what they have instead of failing.
         window = (min(self.pool, x.shape[-2]), min(self.pool, x.shape[-1]))
         res = self.short_conv(F.avg_pool2d(x, kernel_size=window, stride=window))
-        out = super().forward(x)
+        out = self.ghost(x)
         return out * F.interpolate(torch.sigmoid(res), size=out.shape[-2:], mode="nearest")
 
 
