@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 from torch import Tensor
 
@@ -33,7 +33,7 @@ VARIANTS: dict[str, tuple[int, float]] = {
     "ghostnetv2_160": (2, 1.6),
 }
 
-Weights = Union[str, os.PathLike, Mapping[str, Tensor], None]
+Weights = str | os.PathLike | Mapping[str, Tensor] | None
 
 
 def list_models() -> list[str]:
