@@ -125,19 +125,25 @@ def voc_eval_class(
 class VOCMeanAP(Metric):
     """Pascal VOC mAP at IoU 0.5 as the official devkit computes it, DDP-safe.
 
-    Labels are 1..K (0 is background), ``ap_per_class[i]`` belongs to label ``i + 1`` (and to
-    ``class_names[i]`` when given). Targets carry ``boxes`` (xyxy, continuous 0-based pixels), ``labels``,
-    optional ``difficult`` (bool, default all False) and an integer ``image_id``; a repeated ``image_id``
-    (``DistributedSampler`` padding) is dropped, keeping the first occurrence. ``compute()`` returns
-    ``map`` (float64, mean over classes with non-difficult GT), ``ap_per_class`` (float64 K, ``nan`` for
-    classes without GT) and ``method`` (``"voc07_11point"`` or ``"area"``).
+    As everywhere in the package, ``num_classes`` counts the background (21 for VOC, the datamodule's
+    ``num_classes``) while ``class_names`` does not (``VOCDetection.classes``). Labels are 1..K, K =
+    ``num_classes - 1``; ``ap_per_class[i]`` belongs to label ``i + 1`` (and to ``class_names[i]``). The
+    evaluation set must keep difficult objects (``VOCDetection(..., keep_difficult=True)``) for the devkit's
+    numbers. Targets carry ``boxes`` (xyxy, continuous 0-based pixels, the predictions' frame),
+    ``labels``, optional ``difficult`` (bool, default all False) and an integer ``image_id``; a repeated
+    ``image_id`` (``DistributedSampler`` padding) is dropped, keeping the first occurrence.
+
+    ``compute()`` returns ``map`` (float64, mean over the classes with non-difficult GT), ``ap_per_class``
+    (float64, K values, ``nan`` for classes without GT) and ``method`` (``"voc07_11point"`` or
+    ``"area"``; a string, so leave it out when passing the dict to ``LightningModule.log_dict``).
 
     Example:
         >>> metric = VOCMeanAP(class_names=("raccoon",), use_07_metric=False)
         >>> metric.update(
         ...     [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.9]),
         ...       "labels": torch.tensor([1])}],
-        ...     [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 9.0]]), "labels": torch.tensor([1]), "image_id": 0}])
+        ...     [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 9.0]]), "labels": torch.tensor([1]),
+        ...       "image_id": 0}])
         >>> metric.compute()["map"]
         tensor(1., dtype=torch.float64)
     """
@@ -158,12 +164,16 @@ class VOCMeanAP(Metric):
         super().__init__(**kwargs)
         if class_names is not None:
             class_names = tuple(class_names)
-            if num_classes is not None and num_classes != len(class_names):
-                raise ValueError(f"num_classes={num_classes} but {len(class_names)} class_names")
-            num_classes = len(class_names)
-        if num_classes is None or num_classes < 1:
-            raise ValueError("give num_classes (foreground classes, labels 1..K) or class_names")
+            if num_classes is not None and num_classes != len(class_names) + 1:
+                raise ValueError(
+                    f"num_classes={num_classes} (with background) "
+                    f"but {len(class_names)} class_names (without)"
+                )
+            num_classes = len(class_names) + 1
+        if num_classes is None or num_classes < 2:
+            raise ValueError("give num_classes (with background: labels 1..num_classes-1) or class_names")
         self.num_classes = int(num_classes)
+        self.num_foreground = self.num_classes - 1
         self.class_names = class_names
         self.iou_threshold = float(iou_threshold)
         self.use_07_metric = bool(use_07_metric)
@@ -201,9 +211,9 @@ class VOCMeanAP(Metric):
             if not (len(tb) == len(tl) == len(td)):
                 raise ValueError("target boxes, labels and difficult must have the same length")
             for name, labels_ in (("predicted", lab), ("target", tl)):
-                if len(labels_) and (labels_.min() < 1 or labels_.max() > self.num_classes):
+                if len(labels_) and (labels_.min() < 1 or labels_.max() > self.num_foreground):
                     raise ValueError(
-                        f"{name} labels must be in 1..{self.num_classes}, got {labels_.tolist()}"
+                        f"{name} labels must be in 1..{self.num_foreground}, got {labels_.tolist()}"
                     )
             nd.append(len(b))
             ng.append(len(tb))
@@ -220,7 +230,7 @@ class VOCMeanAP(Metric):
 
     def compute(self) -> dict[str, Any]:
         if isinstance(self.image_ids, list) and not self.image_ids:
-            nan = torch.full((self.num_classes,), float("nan"), dtype=torch.float64)
+            nan = torch.full((self.num_foreground,), float("nan"), dtype=torch.float64)
             return {"map": torch.tensor(float("nan"), dtype=torch.float64), "ap_per_class": nan,
                     "method": self.method}  # fmt: skip
 
@@ -242,8 +252,8 @@ class VOCMeanAP(Metric):
         keep = first_occurrence_mask(torch.from_numpy(ids)).numpy()
         # canonical image order (ascending id) so that ties in score resolve the same on 1 or N processes
         images = sorted((int(ids[i]), i) for i in np.flatnonzero(keep))
-        aps = np.full(self.num_classes, np.nan)
-        for c in range(1, self.num_classes + 1):
+        aps = np.full(self.num_foreground, np.nan)
+        for c in range(1, self.num_foreground + 1):
             dets, gts = [], {}
             for img_id, i in images:
                 d = slice(d_off[i], d_off[i + 1])

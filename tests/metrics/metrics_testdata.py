@@ -124,7 +124,7 @@ def evaluate_indices(indices: list[int], ann_file: str, results_file: str | None
 
     metrics = {
         "coco": CocoMeanAP(ann_file, results_file=results_file),
-        "voc07": VOCMeanAP(num_classes=3, use_07_metric=True),
+        "voc07": VOCMeanAP(num_classes=4, use_07_metric=True),
         "voc_area": VOCMeanAP(class_names=("a", "b", "c"), use_07_metric=False),
         "seg": SegmentationMetric(4),
         "seg_without_ids": SegmentationMetric(4),  # padded duplicates count twice: must differ under DDP

@@ -45,10 +45,11 @@ AP_AREA = 0.5 * 1.0 + 0.5 * 0.5
 
 @pytest.mark.parametrize(("use_07", "ap1"), [(True, AP_07), (False, AP_AREA)])
 def test_hand_computed_case(use_07, ap1):
-    metric = VOCMeanAP(num_classes=3, use_07_metric=use_07)
+    metric = VOCMeanAP(num_classes=4, use_07_metric=use_07)
     metric.update(PREDS, TARGETS)
     out = metric.compute()
     assert out["method"] == ("voc07_11point" if use_07 else "area")
+    assert out["ap_per_class"].shape == (3,)  # num_classes counts the background
     assert out["ap_per_class"][0].item() == pytest.approx(ap1, abs=1e-15)
     assert np.isnan(out["ap_per_class"][1].item())  # no GT of class 2
     assert out["ap_per_class"][2].item() == 0.0  # GT never detected
@@ -66,10 +67,10 @@ def test_voc_ap_on_the_hand_written_curve():
 
 def test_matching_rules():
     # IoU exactly 0.5 is not a match (devkit: ovmax > 0.5); best GT already taken -> FP, no fallback
-    metric = VOCMeanAP(num_classes=1, use_07_metric=False)
+    metric = VOCMeanAP(num_classes=2, use_07_metric=False)
     metric.update([det([[0, 0, 10, 20]], [0.9], [1])], [gt([[0, 0, 10, 10]], [1], 0)])
     assert metric.compute()["map"].item() == 0.0
-    metric = VOCMeanAP(num_classes=1, use_07_metric=False)
+    metric = VOCMeanAP(num_classes=2, use_07_metric=False)
     # g1 = [0,0,10,10], g2 = [1,0,11,10]; d1 hits g1, d2 = [0,0,10,10] again (IoU 1 with g1, .82 with g2)
     metric.update([det([[0, 0, 10, 10], [0, 0, 10, 10]], [0.9, 0.8], [1, 1])],
                   [gt([[0, 0, 10, 10], [1, 0, 11, 10]], [1, 1], 0)])  # fmt: skip
@@ -155,10 +156,10 @@ def test_equals_devkit_transcription_on_random_data(use_07):
 
 
 def test_repeated_image_ids_count_once():
-    metric = VOCMeanAP(num_classes=3)
+    metric = VOCMeanAP(num_classes=4)
     metric.update(PREDS, TARGETS)
     metric.update([det([[0, 0, 10, 10]], [0.95], [3])], [gt([[60, 60, 70, 70]], [3], 0)])  # image 0 again
-    reference = VOCMeanAP(num_classes=3)
+    reference = VOCMeanAP(num_classes=4)
     reference.update(PREDS, TARGETS)
     assert torch.equal(metric.compute()["map"], reference.compute()["map"])
 
@@ -167,6 +168,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="num_classes"):
         VOCMeanAP()
     with pytest.raises(ValueError, match="labels must be in 1..2"):
-        VOCMeanAP(num_classes=2).update(PREDS, TARGETS)
+        VOCMeanAP(num_classes=3).update(PREDS, TARGETS)  # 2 classes + background, class 3 in the data
     with pytest.raises(ValueError, match="2 class_names"):
-        VOCMeanAP(num_classes=3, class_names=["a", "b"])
+        VOCMeanAP(num_classes=2, class_names=["a", "b"])
+    assert VOCMeanAP(num_classes=3, class_names=["a", "b"]).num_foreground == 2
