@@ -1,0 +1,136 @@
+"""Reading image and label files robustly, shared by every dataset.
+
+- :func:`read_image` returns ``H x W x 3`` uint8 RGB whatever the file's mode (grayscale, RGBA, palette,
+  CMYK, 16-bit) with the EXIF orientation applied.
+- :func:`read_label_png` returns the raw ``H x W`` values of a label PNG (palette indices for palette PNGs).
+- Problems raise :class:`DataError` (or :class:`FileNotFoundError` for a missing file) naming the file.
+- :class:`SkipCorrupt` implements the opt-in ``skip_corrupt=True`` behaviour of the datasets.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+logger = logging.getLogger("ghost_vision.data")
+
+__all__ = ["DataError", "SkipCorrupt", "read_image", "read_label_png", "require_file"]
+
+
+class DataError(ValueError):
+    """A data file is unreadable, corrupt or malformed; the message names the file and the problem."""
+
+
+def require_file(path: str | Path, what: str = "file") -> Path:
+    """Return ``path`` as a :class:`Path`, raising :class:`FileNotFoundError` naming it when absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
+def _open(path: Path) -> Image.Image:
+    require_file(path, "image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()  # decode now so that truncated/corrupt data fails here, naming the file
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from e
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit / float grayscale: PIL's convert("RGB") clips instead of rescaling.
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Composite on white (what viewers show) rather than keeping whatever is under alpha=0.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as ``H x W x 3`` uint8 RGB, EXIF orientation applied.
+
+    Example:
+        >>> img = read_image("JPEGImages/000005.jpg")  # doctest: +SKIP
+        >>> img.shape, img.dtype  # doctest: +SKIP
+        ((375, 500, 3), dtype('uint8'))
+    """
+    path = Path(path)
+    img = _open(path)
+    try:
+        img = ImageOps.exif_transpose(img)
+        arr = np.array(_to_rgb(img), dtype=np.uint8)  # a writable copy
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from e
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DataError(f"cannot read image {path}: unexpected decoded shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def read_label_png(path: str | Path) -> np.ndarray:
+    """Read a single-channel label image (palette indices or gray values) as ``H x W`` uint8/int array.
+
+    No orientation or colour conversion is applied: the stored values are the labels.
+    """
+    path = Path(path)
+    img = _open(path)
+    if img.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
+        raise DataError(f"label file {path} has mode {img.mode!r}; expected a single-channel (palette/gray) PNG")
+    arr = np.array(img)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+class SkipCorrupt:
+    """Opt-in skipping of unreadable samples: counts them, logs the count, never drops silently.
+
+    ``fetch(index, loader)`` calls ``loader(i)`` for ``i = index, index + 1, ...`` (wrapping around) until
+    one succeeds. Only :class:`DataError` and :class:`OSError` (missing/unreadable files) are skipped.
+    In DataLoader worker processes each worker keeps its own count.
+    """
+
+    def __init__(self, enabled: bool, name: str) -> None:
+        self.enabled = enabled
+        self.name = name
+        self.skipped: dict[int, str] = {}
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+    def fetch(self, index: int, length: int, loader: Callable[[int], Any]) -> Any:
+        if not self.enabled:
+            return loader(index)
+        for step in range(length):
+            i = (index + step) % length
+            if i in self.skipped:
+                continue
+            try:
+                return loader(i)
+            except (DataError, OSError) as e:
+                self.skipped[i] = str(e)
+                logger.warning(
+                    "%s: skipped %d corrupt sample(s) so far (skip_corrupt=True); latest: index %d: %s",
+                    self.name, len(self.skipped), i, e,
+                )
+        raise DataError(f"{self.name}: every sample is corrupt or missing ({length} skipped)")
