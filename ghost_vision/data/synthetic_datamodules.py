@@ -53,7 +53,7 @@ class SyntheticCocoDataModule(CocoDataModule):
         pin_memory: bool = False,
         image_size: int = 320,
         train_transform: str | None = "det_train",
-        eval_transform: str | None = "det_eval",
+        eval_transform: str | None = None,
         train_transform_kwargs: dict[str, Any] | None = None,
         eval_transform_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -100,7 +100,7 @@ class SyntheticVOCDetectionDataModule(VOCDetectionDataModule):
         pin_memory: bool = False,
         image_size: int = 320,
         train_transform: str | None = "det_train",
-        eval_transform: str | None = "det_eval",
+        eval_transform: str | None = None,
         train_transform_kwargs: dict[str, Any] | None = None,
         eval_transform_kwargs: dict[str, Any] | None = None,
     ) -> None:

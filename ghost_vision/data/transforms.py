@@ -17,7 +17,7 @@ Presets (:data:`PRESETS`):
   1-4× filled with the mean colour, p=0.5), IoU-constrained random crop (modes {none, .1, .3, .5, .7, .9},
   boxes kept when their centre is inside, clipped), horizontal flip, resize to ``size`` (default 320).
   Keyword arguments: ``size``, ``fill``, ``max_zoom_out``, ``zoom_out_p``, ``flip_p``, ``photometric``,
-  ``min_box_size``, ``min_ious`` (e.g. ``[null]`` never crops), ``seed``.
+  ``min_box_size``, ``min_ious`` (e.g. ``[null]`` never crops), ``seed``; ``size=None`` does not resize.
 * ``"det_eval"`` -- resize to ``size`` (default 320); ``size=None`` is the identity (the detector resizes).
   Keyword arguments: ``size``, ``min_box_size``, ``seed``.
 * ``"seg_train"`` -- photometric distortion, random scale ``scale`` (default (0.5, 2.0)), random crop
@@ -287,7 +287,10 @@ def _det_train(
     min_ious: Any = SSD_MIN_IOUS,
     seed: int | None = None,
 ) -> DetectionTransform:
-    height, width = _hw(size, "size")
+    # size=None keeps the augmented image's size: for detectors that resize themselves (Faster R-CNN).
+    resize = [] if size is None else [
+        A.Resize(*_hw(size, "size"), interpolation=cv2.INTER_LINEAR, area_for_downscale="image")
+    ]
     if isinstance(max_zoom_out, bool) or not isinstance(max_zoom_out, (int, float)) or max_zoom_out < 1:
         raise ValueError(f"max_zoom_out must be a number >= 1, got {max_zoom_out!r}")
     pipeline = [
@@ -295,7 +298,7 @@ def _det_train(
         ZoomOut(max_ratio=float(max_zoom_out), fill=_fill(fill), p=_prob(zoom_out_p, "zoom_out_p")),
         MinIoURandomCrop(min_ious=_min_ious(min_ious)),
         A.HorizontalFlip(p=_prob(flip_p, "flip_p")),
-        A.Resize(height, width, interpolation=cv2.INTER_LINEAR, area_for_downscale="image"),
+        *resize,
     ]
     return DetectionTransform("det_train", A.Compose(pipeline, bbox_params=_bbox_params(min_box_size)), seed)
 

@@ -91,7 +91,10 @@ def test_synthetic_coco_datamodule_with_presets(tmp_path, monkeypatch):
         assert b.dtype == torch.float32 and bool((b >= 0).all() and (b <= 128).all())
         assert bool(((b[:, 2] - b[:, 0]) >= 1).all() and ((b[:, 3] - b[:, 1]) >= 1).all())
     images, targets = next(iter(dm.val_dataloader()))
-    assert len(images) == 3 and all(im.shape == (3, 128, 128) for im in images)
+    # Detection eval keeps the file's size by default: the detector resizes and maps boxes back itself.
+    assert len(images) == 3 and all(tuple(im.shape[1:]) == tuple(t["orig_size"].tolist())
+                                    for im, t in zip(images, targets))
+    assert not all(im.shape == (3, 128, 128) for im in images)
     assert [int(t["image_id"]) for t in targets] == [500003, 500013, 500023]
 
 

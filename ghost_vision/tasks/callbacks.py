@@ -1,0 +1,112 @@
+"""Callbacks that leave pictures behind: training curves and predictions drawn on validation images."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from ghost_vision.visualize import draw_detections, draw_segmentation, plot_curves, save_image
+
+__all__ = ["TrainingCurves", "DrawPredictions", "output_dir"]
+
+log = logging.getLogger(__name__)
+
+
+def output_dir(trainer: L.Trainer) -> Path:
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+class TrainingCurves(L.Callback):
+    """After every validation, plot epoch-level losses and validation metrics to ``curves.png``."""
+
+    def __init__(self, filename: str = "curves.png") -> None:
+        self.filename = filename
+        self.history: list[dict[str, float]] = []
+
+    def _record(self, trainer: L.Trainer, prefixes: tuple[str, ...]) -> None:
+        row = {"epoch": float(trainer.current_epoch)}
+        for key, value in trainer.callback_metrics.items():
+            v = _scalar(value)
+            if v is not None and key.startswith(prefixes) and not key.endswith("_step"):
+                row[key.removesuffix("_epoch")] = v
+        if self.history and self.history[-1]["epoch"] == row["epoch"]:
+            self.history[-1].update(row)
+        else:
+            self.history.append(row)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record(trainer, ("train/",))
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._record(trainer, ("val/",))
+        plot_curves(self.history, output_dir(trainer) / self.filename, title=type(pl_module.model).__name__)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+class DrawPredictions(L.Callback):
+    """At the end of ``fit`` and ``validate``, draw predictions on the first validation images as PNGs."""
+
+    def __init__(self, num_images: int = 8, score_thresh: float = 0.3, dirname: str = "predictions") -> None:
+        self.num_images = num_images
+        self.score_thresh = score_thresh
+        self.dirname = dirname
+
+    @rank_zero_only
+    @torch.no_grad()
+    def _draw(self, trainer: L.Trainer, task: L.LightningModule, tag: str) -> None:
+        dm = trainer.datamodule
+        if dm is None or self.num_images <= 0:
+            return
+        loader = dm.val_dataloader()
+        was_training = task.training
+        task.eval()
+        drawn: list[torch.Tensor] = []
+        names = task.hparams.get("class_names")
+        for batch in loader:
+            images = batch[0]
+            if isinstance(images, torch.Tensor) and images.ndim == 3:
+                images = images[None]
+            images = [img.to(task.device) for img in images]
+            if hasattr(task.model, "roi_heads") or hasattr(task.model, "anchor_generator") or \
+                    type(task).__name__ == "DetectionTask":
+                preds = task.model(images)
+                drawn += [draw_detections(i, p, class_names=names, score_thresh=self.score_thresh)
+                          for i, p in zip(images, preds)]
+            else:
+                masks = task.model(torch.stack(images))["out"].argmax(1)
+                drawn += [draw_segmentation(i, m, num_classes=task.hparams.num_classes)
+                          for i, m in zip(images, masks)]
+            if len(drawn) >= self.num_images:
+                break
+        task.train(was_training)
+        if drawn:
+            path = save_image(drawn[: self.num_images], output_dir(trainer) / self.dirname / f"{tag}.png")
+            log.info("predictions drawn to %s", path)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._draw(trainer, pl_module, "fit_end")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._draw(trainer, pl_module, "validate")

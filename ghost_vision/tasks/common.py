@@ -1,0 +1,179 @@
+"""Pieces shared by the Lightning tasks: model resolution, optimizer groups, LR schedules, loss checks."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "build_model",
+    "param_groups",
+    "build_optimizer",
+    "build_scheduler",
+    "NonFiniteLossError",
+    "BaseTask",
+]
+
+_BUILDER_MODULES = (
+    "ghost_vision.models",
+    "torchvision.models.detection",
+    "torchvision.models.segmentation",
+)
+
+
+def build_model(model: str | Mapping[str, Any], num_classes: int, **extra: Any) -> nn.Module:
+    """Build a network from a builder name or a ``{"class_path": ..., "init_args": {...}}`` mapping.
+
+    Builder names are looked up in :mod:`ghost_vision.models`, then torchvision's detection and
+    segmentation builders (so the MobileNetV3 peers train with the same recipe). ``num_classes`` is
+    passed to the builder.
+    """
+    if isinstance(model, str):
+        for module_name in _BUILDER_MODULES:
+            fn = getattr(importlib.import_module(module_name), model, None)
+            if callable(fn):
+                return fn(num_classes=num_classes, **extra)
+        raise ValueError(
+            f"unknown model builder {model!r}: give a builder of ghost_vision.models (e.g. ssdlite320_ghostnet, "
+            "fasterrcnn_ghostnet_fpn, deeplabv3_ghostnet), a torchvision detection/segmentation builder, or "
+            "{'class_path': 'package.module.Class', 'init_args': {...}}"
+        )
+    if "class_path" not in model:
+        raise ValueError(f"model mapping needs a 'class_path' key, got keys {sorted(model)}")
+    module_name, _, attr = str(model["class_path"]).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import model class_path {model['class_path']!r}: {exc}") from exc
+    return cls(num_classes=num_classes, **dict(model.get("init_args") or {}), **extra)
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: weights with decay; norms' parameters and all biases without (standard practice)."""
+    decay, no_decay = [], []
+    for mod in module.modules():
+        is_norm = isinstance(mod, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
+        for name, p in mod.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            (no_decay if is_norm or name.endswith("bias") or p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(
+    module: nn.Module, *, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    groups = param_groups(module, weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    name: str,
+    total_steps: int,
+    warmup_steps: int,
+    warmup_factor: float = 0.001,
+    milestones: tuple[float, ...] = (0.67, 0.89),
+    gamma: float = 0.1,
+    power: float = 0.9,
+    min_lr_ratio: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from ``warmup_factor`` then ``cosine``, ``step`` (at fractions ``milestones`` of
+    training), ``poly`` (``(1 - t) ** power``) or ``constant``; stepped every optimizer step."""
+    if name not in ("cosine", "step", "poly", "constant"):
+        raise ValueError(f"scheduler must be one of cosine, step, poly, constant; got {name!r}")
+    total_steps = max(1, int(total_steps))
+    warmup_steps = min(max(0, int(warmup_steps)), total_steps - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            alpha = step / warmup_steps
+            return warmup_factor * (1 - alpha) + alpha
+        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if name == "cosine":
+            return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        if name == "poly":
+            return max(min_lr_ratio, (1 - t) ** power)
+        if name == "step":
+            return gamma ** sum(t >= m for m in milestones)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss is NaN or infinite (unless the task is told to skip such steps)."""
+
+
+class BaseTask(L.LightningModule):
+    """Optimizer/scheduler set-up, non-finite loss policy and the ``num_classes`` checkpoint guard."""
+
+    model: nn.Module
+
+    def _init_common(self, *, on_nonfinite: str) -> None:
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+        self.skipped_steps = 0
+
+    def check_loss(self, loss: Tensor, parts: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
+        """Return the loss, or ``None`` to skip the step (``on_nonfinite="skip"``), or raise."""
+        if torch.isfinite(loss):
+            return loss
+        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+        if self.hparams.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+            return None
+        raise NonFiniteLossError(
+            f"non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}): {detail}. Lower the learning rate, enable gradient clipping "
+            "(--trainer.gradient_clip_val 10) or set --model.init_args.on_nonfinite skip to skip such steps."
+        )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = build_optimizer(
+            self.model, name=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        scheduler = build_scheduler(
+            optimizer, name=hp.scheduler, total_steps=total,
+            warmup_steps=round(hp.warmup_epochs * steps_per_epoch), milestones=tuple(hp.milestones),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("num_classes")
+        if saved is not None and saved != self.hparams.num_classes:
+            raise ValueError(
+                f"the checkpoint was trained with num_classes={saved} but this model has "
+                f"num_classes={self.hparams.num_classes}. To fine-tune it on the new classes, start a new run "
+                "with --model.init_args.init_from PATH.ckpt (loads every weight whose shape fits, the new head "
+                "starts fresh) instead of --ckpt_path."
+            )
+
+    def _load_init_from(self, path: str) -> None:
+        """Load every tensor of a checkpoint whose name and shape fit (fine-tuning with a new head)."""
+        from ghost_vision.models.weights import read_state_dict
+
+        sd = read_state_dict(path)
+        sd = {k[len("model."):] if k.startswith("model.") else k: v for k, v in sd.items()}
+        own = self.model.state_dict()
+        fit = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+        if not fit:
+            raise ValueError(f"init_from={path}: no tensor of the checkpoint fits this model")
+        self.model.load_state_dict(fit, strict=False)
+        self.init_report = {"loaded": len(fit), "skipped": len(own) - len(fit)}

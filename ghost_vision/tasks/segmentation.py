@@ -1,0 +1,118 @@
+"""Lightning task for semantic segmentation (DeepLab-lite / LR-ASPP on GhostNet, or torchvision peers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .common import BaseTask, build_model
+
+__all__ = ["SegmentationTask"]
+
+
+class SegmentationTask(BaseTask):
+    """Train and evaluate a segmentation network returning ``{"out": logits[, "aux": logits]}``.
+
+    Args:
+        model: builder name (``deeplabv3_ghostnet``, ``lraspp_ghostnet``, torchvision's peers) or
+            ``{"class_path": ..., "init_args": {...}}``.
+        model_kwargs: extra builder arguments (``aux_loss``, ``output_stride``, ``weights_backbone``, ...).
+        num_classes: linked from the DataModule; saved once in the checkpoint.
+        class_names: class names for drawings and per-class IoU logging.
+        ignore_index: label ignored by the loss and the metric (255).
+        aux_weight: weight of the auxiliary loss when the model returns ``"aux"``.
+        optimizer, lr, momentum, weight_decay, scheduler (``poly`` or ``cosine``), warmup_epochs,
+        on_nonfinite, init_from: as in :class:`~ghost_vision.tasks.DetectionTask`.
+
+    Example:
+        >>> task = SegmentationTask("lraspp_ghostnet", num_classes=19)
+        >>> task.hparams.scheduler
+        'poly'
+    """
+
+    def __init__(
+        self,
+        model: str | dict[str, Any] = "deeplabv3_ghostnet",
+        model_kwargs: dict[str, Any] | None = None,
+        num_classes: int = 21,
+        class_names: Sequence[str] | None = None,
+        ignore_index: int = 255,
+        aux_weight: float = 0.4,
+        optimizer: str = "sgd",
+        lr: float = 0.02,
+        momentum: float = 0.9,
+        weight_decay: float = 4e-5,
+        scheduler: str = "poly",
+        warmup_epochs: float = 0.0,
+        milestones: Sequence[float] = (0.67, 0.89),
+        on_nonfinite: str = "raise",
+        init_from: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._init_common(on_nonfinite=on_nonfinite)
+        self.model = build_model(model, num_classes, **(model_kwargs or {}))
+        from ghost_vision.metrics import SegmentationMetric
+
+        self.val_metric = SegmentationMetric(num_classes, ignore_index=ignore_index)
+        if init_from:
+            self._load_init_from(init_from)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return self.model(images)
+
+    def _loss(self, out: dict[str, Tensor], masks: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        parts = {"ce": F.cross_entropy(out["out"], masks, ignore_index=self.hparams.ignore_index)}
+        if "aux" in out and self.hparams.aux_weight > 0:
+            parts["aux"] = self.hparams.aux_weight * F.cross_entropy(
+                out["aux"], masks, ignore_index=self.hparams.ignore_index
+            )
+        return sum(parts.values()), parts
+
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor | None:
+        images, masks = batch[0], batch[1]
+        loss, parts = self._loss(self.model(images), masks)
+        loss = self.check_loss(loss, parts, batch_idx)
+        if loss is None:
+            return None
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
+        return loss
+
+    def _eval_step(self, batch: Sequence[Tensor], prefix: str) -> None:
+        images, masks = batch[0], batch[1]
+        ids = batch[2] if len(batch) > 2 else None
+        out = self.model(images)
+        loss, _ = self._loss(out, masks)
+        self.log(f"{prefix}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(images))
+        self.val_metric.update(out["out"].argmax(1), masks, image_ids=ids)
+
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _log_metric(self, prefix: str) -> None:
+        values = self.val_metric.compute()
+        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
+        for name, value in values.items():
+            if value.numel() == 1:
+                self.log(f"{prefix}/{name}", value.float(), prog_bar=name == "miou")
+            elif name == "iou_per_class":
+                for cls, iou in zip(names, value.tolist()):
+                    if iou == iou:  # classes absent from the split have nan IoU and are not logged
+                        self.log(f"{prefix}/iou_{cls}", float(iou))
+        self.val_metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric("test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.model(images)["out"].argmax(1)
