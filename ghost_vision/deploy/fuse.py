@@ -139,6 +139,8 @@ class FusedGhostModule(nn.Module):
         """``forward(x) + residual``; ``reuse=True`` writes into ``residual`` (a temporary of the caller)."""
         x1, x2 = self.halves(x, weight)
         n = self.init_chs
+        if torch.jit.is_tracing() or torch.jit.is_scripting():  # export: plain ops, no out= views
+            return torch.cat([x1, x2], dim=1) + residual
         if reuse:
             residual[:, :n] += x1
             residual[:, n:] += x2
@@ -209,7 +211,12 @@ class FastGhostBottleneck(GhostBottleneck):
             mid = self.conv_dw(mid)
         weight = None
         if self.se is not None:
-            if self.fold_se and mid.shape[0] == 1 and not isinstance(self.ghost2, FusedGhostModuleV2):
+            if (
+                self.fold_se
+                and mid.shape[0] == 1
+                and not isinstance(self.ghost2, FusedGhostModuleV2)
+                and not torch.jit.is_tracing()  # a traced graph must not bake in the batch size
+            ):
                 gate = self.se.gate(mid)  # (1, C, 1, 1) scales the input channels of the 1x1 conv
                 weight = self.ghost2.primary.weight * gate.view(1, -1, 1, 1)
             else:

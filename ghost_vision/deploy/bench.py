@@ -1,0 +1,215 @@
+"""Benchmark helpers for ``tools/benchmark.py``: model pairs, MACs, interleaved timing, training steps.
+
+Example:
+    >>> from ghost_vision.deploy.bench import PAIRS, build, count_macs, count_params
+    >>> pair = PAIRS["backbone"]
+    >>> ghost, peer = build(pair["ghost"]), build(pair["peer"])
+    >>> count_macs(ghost, pair["input"](1)) < count_macs(peer, pair["input"](1))
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PAIRS", "build", "count_params", "count_macs", "interleaved", "ratio_summary", "train_step",
+           "train_step_subprocess", "peak_rss_mb"]
+
+
+def _det_images(size: int) -> Callable[[int], list[Tensor]]:
+    return lambda b: [torch.rand(3, size, size) for _ in range(b)]
+
+
+def _tensor(h: int, w: int) -> Callable[[int], Tensor]:
+    return lambda b: torch.rand(b, 3, h, w)
+
+
+#: torchvision's 320 px Faster R-CNN settings, applied to both models of the pair.
+FRCNN_320 = dict(min_size=320, max_size=640, rpn_pre_nms_top_n_test=150, rpn_post_nms_top_n_test=150,
+                 rpn_score_thresh=0.05)
+
+#: name -> {"ghost": spec, "peer": spec, "input": batch -> model input, "kind": ...}; a spec is
+#: ``(module path, builder name, kwargs)``.
+PAIRS: dict[str, dict[str, Any]] = {
+    "backbone": dict(
+        kind="backbone", size="224x224",
+        ghost=("ghost_vision.models", "create_ghostnet", dict(name="ghostnet_100", features_only=True)),
+        peer=("ghost_vision.deploy.bench", "mobilenet_v3_large_features", {}),
+        input=_tensor(224, 224)),
+    "ssdlite": dict(
+        kind="det", size="320x320",
+        ghost=("ghost_vision.models.detection", "ssdlite320_ghostnet", dict(num_classes=91)),
+        peer=("torchvision.models.detection", "ssdlite320_mobilenet_v3_large", dict(num_classes=91)),
+        input=_det_images(320)),
+    "fasterrcnn": dict(
+        kind="det", size="320x320",
+        ghost=("ghost_vision.models.detection", "fasterrcnn_ghostnet_fpn", dict(num_classes=91, **FRCNN_320)),
+        peer=("torchvision.models.detection", "fasterrcnn_mobilenet_v3_large_320_fpn", dict(num_classes=91)),
+        input=_det_images(320)),
+    "deeplabv3": dict(
+        kind="seg", size="512x1024",
+        ghost=("ghost_vision.models.segmentation", "deeplabv3_ghostnet", dict(num_classes=19)),
+        peer=("torchvision.models.segmentation", "deeplabv3_mobilenet_v3_large", dict(num_classes=19)),
+        input=_tensor(512, 1024)),
+    "lraspp": dict(
+        kind="seg", size="512x1024",
+        ghost=("ghost_vision.models.segmentation", "lraspp_ghostnet", dict(num_classes=19)),
+        peer=("torchvision.models.segmentation", "lraspp_mobilenet_v3_large", dict(num_classes=19)),
+        input=_tensor(512, 1024)),
+}
+
+
+def mobilenet_v3_large_features() -> nn.Module:
+    """torchvision's MobileNetV3-Large trunk (``.features``), the peer of ``GhostNetFeatures``."""
+    from torchvision.models import mobilenet_v3_large
+
+    return mobilenet_v3_large().features
+
+
+def build(spec: tuple[str, str, dict[str, Any]]) -> nn.Module:
+    """Build a spec of :data:`PAIRS` (random init, no downloads) in eval mode."""
+    import importlib
+
+    module, name, kwargs = spec
+    fn = getattr(importlib.import_module(module), name)
+    kwargs = dict(kwargs)
+    if module.startswith("torchvision"):
+        kwargs.setdefault("weights", None)
+        kwargs.setdefault("weights_backbone", None)
+    if name == "create_ghostnet":
+        return fn(kwargs.pop("name"), **kwargs).eval()
+    return fn(**kwargs).eval()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, x: Any) -> int:
+    """Multiply-accumulates of one forward (``FlopCounterMode`` flops / 2: convs, matmuls, ...)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(x)
+    return int(counter.get_total_flops() // 2)
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1, progress: Any = None
+) -> dict[str, list[float]]:
+    """Run every callable once per round, in turn (so that load changes hit all alike); seconds per call."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        for _ in range(rounds):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+            if progress is not None:
+                progress.update(1)
+    return times
+
+
+def ratio_summary(times: dict[str, list[float]], num: str, den: str) -> dict[str, Any]:
+    """Median of the per-round ratios ``num / den`` plus the ratio of the medians."""
+    per_round = [a / b for a, b in zip(times[num], times[den])]
+    return dict(median_of_round_ratios=statistics.median(per_round),
+                ratio_of_medians=statistics.median(times[num]) / statistics.median(times[den]),
+                round_ratios=[round(r, 4) for r in per_round])
+
+
+def peak_rss_mb() -> float:
+    """This process's resident-set high-water mark (``VmHWM``), MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    try:  # Linux >= 4.0: writing 5 resets the peak RSS to the current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _det_batch(batch: int, size: int, seed: int = 0) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    g = torch.Generator().manual_seed(seed)
+    images, targets = [], []
+    for _ in range(batch):
+        images.append(torch.rand(3, size, size, generator=g))
+        n = 3
+        xy = torch.rand(n, 2, generator=g) * size * 0.6
+        wh = torch.rand(n, 2, generator=g) * size * 0.35 + 16
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(1, 91, (n,), generator=g)})
+    return images, targets
+
+
+def train_step(spec: tuple[str, str, dict[str, Any]], batch: int, size: int = 320, steps: int = 2) -> dict[str, Any]:
+    """Time detector training steps (SGD, synthetic boxes) and measure the RSS peak of the last one.
+
+    The first step allocates gradients and optimizer state; after it the RSS peak is reset
+    (``/proc/self/clear_refs``) so ``step_peak_mb`` is what one steady-state step adds on top of the
+    resident model, gradients and data (activations, workspace), and ``process_peak_mb`` the process's
+    high-water mark.
+    """
+    torch.manual_seed(0)
+    model = build(spec).train()
+    images, targets = _det_batch(batch, size)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    times, base, reset = [], 0.0, False
+    for i in range(steps):
+        if i == steps - 1:
+            base, reset = _rss_mb(), _reset_peak_rss()
+        t0 = time.perf_counter()
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    peak = peak_rss_mb()
+    return dict(batch=batch, size=size, step_s=times[-1], first_step_s=times[0], images_per_s=batch / times[-1],
+                rss_before_step_mb=base, process_peak_mb=peak, step_peak_mb=peak - base if reset else None,
+                peak_reset=reset, threads=torch.get_num_threads())
+
+
+def train_step_subprocess(pair: str, which: str, batch: int, threads: int, steps: int = 2,
+                          timeout: float = 900) -> dict[str, Any]:
+    """:func:`train_step` in a fresh interpreter (clean RSS accounting), as JSON."""
+    code = (
+        f"import json, sys, torch; torch.set_num_threads({threads}); "
+        "from ghost_vision.deploy.bench import PAIRS, train_step; "
+        f"print('@@' + json.dumps(train_step(PAIRS[{pair!r}][{which!r}], {batch}, steps={steps})))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("@@"):
+            return json.loads(line[2:])
+    raise RuntimeError(f"training-step subprocess failed ({proc.returncode}): {proc.stderr[-2000:]}")
