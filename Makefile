@@ -22,8 +22,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q
 
+# The slow end-to-end runs (CI runs them too); exit code 5 = none selected, not a failure.
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -q
+	$(PY) -m pytest -m slow -q || [ $$? -eq 5 ]
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ghost_vision tools tests

@@ -1,5 +1,14 @@
 """GhostNet models: backbones, detectors, segmentation heads and weight loading."""
 
+from .detection import (
+    GhostNetFPNBackbone,
+    SSDHeadOutputs,
+    fasterrcnn_ghostnet_fpn,
+    fcos_ghostnet_fpn,
+    ghostnet_fpn_backbone,
+    retinanet_ghostnet_fpn,
+    ssdlite320_ghostnet,
+)
 from .factory import (
     VARIANTS,
     create_ghostnet,
@@ -12,6 +21,7 @@ from .factory import (
     list_models,
 )
 from .ghostnet import GhostNet, GhostNetFeatures
+from .segmentation import GhostDeepLabV3, GhostLRASPP, deeplabv3_ghostnet, lraspp_ghostnet
 from .weights import WeightsMismatchError, load_weights, read_state_dict
 
 __all__ = [
@@ -19,7 +29,18 @@ __all__ = [
     "GhostNet",
     "GhostNetFeatures",
     "WeightsMismatchError",
+    "GhostDeepLabV3",
+    "GhostLRASPP",
+    "GhostNetFPNBackbone",
+    "SSDHeadOutputs",
     "create_ghostnet",
+    "deeplabv3_ghostnet",
+    "fasterrcnn_ghostnet_fpn",
+    "fcos_ghostnet_fpn",
+    "ghostnet_fpn_backbone",
+    "lraspp_ghostnet",
+    "retinanet_ghostnet_fpn",
+    "ssdlite320_ghostnet",
     "ghostnet_050",
     "ghostnet_100",
     "ghostnet_130",

@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""One-shot GPU check: AMP + channels_last training steps and inference, Ghost models vs MobileNetV3 peers.
+
+    python tools/gpu_check.py --out gpu_results.json [--steps 20] [--batch 64]
+
+Prints and writes (JSON) for each pair: training step time and peak memory at ``--batch`` (bf16 autocast,
+channels_last, SGD), inference latency at batch 1 and throughput at batch 32 (fp16 autocast). Needs CUDA.
+Timings use CUDA events after warm-up; each pair is measured interleaved, median of the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from torchvision.models import detection as tv_det  # noqa: E402
+from torchvision.models import segmentation as tv_seg  # noqa: E402
+
+from ghost_vision.models import deeplabv3_ghostnet, lraspp_ghostnet, ssdlite320_ghostnet  # noqa: E402
+
+PAIRS = {
+    "ssdlite320": (lambda: ssdlite320_ghostnet(num_classes=91),
+                   lambda: tv_det.ssdlite320_mobilenet_v3_large(num_classes=91, weights_backbone=None), "det", 320),
+    "deeplabv3": (lambda: deeplabv3_ghostnet(num_classes=19),
+                  lambda: tv_seg.deeplabv3_mobilenet_v3_large(num_classes=19, weights_backbone=None), "seg", 512),
+    "lraspp": (lambda: lraspp_ghostnet(num_classes=19),
+               lambda: tv_seg.lraspp_mobilenet_v3_large(num_classes=19, weights_backbone=None), "seg", 512),
+}
+
+
+def _timed(fn, rounds: int) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(rounds):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / rounds
+
+
+def _train_fn(model, kind: str, size: int, batch: int):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    if kind == "det":
+        images = [torch.rand(3, size, size, device="cuda", generator=g) for _ in range(batch)]
+        targets = [{"boxes": torch.tensor([[20.0, 30.0, 180.0, 220.0], [100.0, 90.0, 300.0, 310.0]], device="cuda"),
+                    "labels": torch.tensor([1, 2], device="cuda")} for _ in range(batch)]
+
+        def loss_fn():
+            return sum(model(images, targets).values())
+    else:
+        images = torch.rand(batch, 3, size, 2 * size, device="cuda", generator=g).to(
+            memory_format=torch.channels_last)
+        masks = torch.randint(0, 19, (batch, size, 2 * size), device="cuda", generator=g)
+
+        def loss_fn():
+            return torch.nn.functional.cross_entropy(model(images)["out"], masks, ignore_index=255)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _infer_fn(model, kind: str, size: int, batch: int):
+    g = torch.Generator(device="cuda").manual_seed(1)
+    if kind == "det":
+        images = [torch.rand(3, size, size, device="cuda", generator=g) for _ in range(batch)]
+    else:
+        images = torch.rand(batch, 3, size, 2 * size, device="cuda", generator=g).to(
+            memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def run():
+        with torch.autocast("cuda", dtype=torch.float16):
+            model(images)
+
+    return run
+
+
+def measure(name: str, steps: int, batch: int, rounds: int = 5) -> dict:
+    make_ghost, make_peer, kind, size = PAIRS[name]
+    result: dict = {"pair": name}
+    models = {"ghost": make_ghost(), "peer": make_peer()}
+    seg_batch = max(2, batch // 8)
+    for tag, m in models.items():
+        models[tag] = m.cuda().to(memory_format=torch.channels_last)
+    # training: interleave the two models round by round, median per model
+    times: dict[str, list[float]] = {"ghost": [], "peer": []}
+    for tag, m in models.items():
+        m.train()
+        torch.cuda.reset_peak_memory_stats()
+        fn = _train_fn(m, kind, size, batch if kind == "det" else seg_batch)
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        result[f"{tag}_train_peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        models[tag] = (m, fn)
+    for _ in range(rounds):
+        for tag in ("ghost", "peer"):
+            times[tag].append(_timed(models[tag][1], max(1, steps // rounds)))
+    for tag in ("ghost", "peer"):
+        result[f"{tag}_train_ms"] = statistics.median(times[tag])
+    result["train_batch"] = batch if kind == "det" else seg_batch
+    result["train_ratio"] = result["ghost_train_ms"] / result["peer_train_ms"]
+    for bs, key in ((1, "latency_b1_ms"), (32 if kind == "det" else 4, "batch_ms")):
+        fns = {}
+        for tag in ("ghost", "peer"):
+            m = models[tag][0].eval()
+            fns[tag] = _infer_fn(m, kind, size, bs)
+            for _ in range(5):
+                fns[tag]()
+        times = {"ghost": [], "peer": []}
+        for _ in range(rounds):
+            for tag in ("ghost", "peer"):
+                times[tag].append(_timed(fns[tag], 10))
+        for tag in ("ghost", "peer"):
+            result[f"{tag}_{key}"] = statistics.median(times[tag])
+        result[f"{key}_ratio"] = result[f"ghost_{key}"] / result[f"peer_{key}"]
+        result[f"{key}_batch"] = bs
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("gpu_results.json"))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--pairs", nargs="+", default=list(PAIRS))
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("tools/gpu_check.py needs a CUDA GPU")
+    torch.backends.cudnn.benchmark = True
+    info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "results": []}
+    for name in args.pairs:
+        try:
+            res = measure(name, args.steps, args.batch)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next pair
+            import traceback
+
+            traceback.print_exc()
+            res = {"pair": name, "error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(res, indent=1), flush=True)
+        info["results"].append(res)
+        torch.cuda.empty_cache()
+    args.out.write_text(json.dumps(info, indent=1))
+
+
+if __name__ == "__main__":
+    main()
