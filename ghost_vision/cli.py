@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,12 @@ class GhostCLI(LightningCLI):
                             help="write the final metrics as flat JSON to this file")
 
 
-def _make_cli(args: Sequence[str]) -> GhostCLI:
+def _make_cli(args: Sequence[str] | None) -> GhostCLI:
+    """``args=None`` parses ``sys.argv`` (the tools rewrite it so that a bare CONFIG becomes ``--config``)."""
     return GhostCLI(
-        args=list(args),
+        args=None if args is None else list(args),
         run=False,
+        auto_configure_optimizers=False,  # the tasks own optimizer/scheduler set-up (no decay on norms, warm-up)
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults={"callbacks": [TrainingCurves(), DrawPredictions()]},
@@ -79,7 +80,7 @@ def _report(metrics: dict[str, float], output: str | None, default: Path) -> Non
 
 def train(args: Sequence[str] | None = None) -> dict[str, float]:
     """Fit, then validate the best checkpoint (``last`` when no metric is monitored); returns metrics."""
-    cli = _make_cli(sys.argv[1:] if args is None else args)
+    cli = _make_cli(args)
     trainer, task, dm = cli.trainer, cli.model, cli.datamodule
     trainer.fit(task, datamodule=dm, ckpt_path=cli.config.get("ckpt_path"))
     ckpt = trainer.checkpoint_callback
@@ -95,7 +96,7 @@ def train(args: Sequence[str] | None = None) -> dict[str, float]:
 
 def evaluate(args: Sequence[str] | None = None) -> dict[str, float]:
     """Validate ``--ckpt_path`` on the config's validation split; print and write the metrics."""
-    cli = _make_cli(sys.argv[1:] if args is None else args)
+    cli = _make_cli(args)
     ckpt_path = cli.config.get("ckpt_path")
     if not ckpt_path or ckpt_path == "last":
         raise SystemExit("tools/eval.py needs --ckpt_path PATH/TO/CHECKPOINT.ckpt")

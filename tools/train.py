@@ -14,11 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ghost_vision.cli import train  # noqa: E402
 
 
-def main() -> None:
-    argv = sys.argv[1:]
-    if argv and not argv[0].startswith("-"):
-        argv = ["--config", argv[0], *argv[1:]]
-    train(argv)
+def main() -> dict[str, float]:
+    # A bare CONFIG becomes --config CONFIG; LightningCLI then parses sys.argv itself (under DDP, Lightning
+    # re-launches this script with the same sys.argv for the other ranks).
+    if len(sys.argv) > 1 and not sys.argv[1].startswith("-"):
+        sys.argv = [sys.argv[0], "--config", *sys.argv[1:]]
+    return train()
 
 
 if __name__ == "__main__":

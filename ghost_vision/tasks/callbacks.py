@@ -30,7 +30,8 @@ def _scalar(value: Any) -> float | None:
 
 
 class TrainingCurves(L.Callback):
-    """After every validation, plot epoch-level losses and validation metrics to ``curves.png``."""
+    """Plot epoch-level training losses and validation metrics against the epoch to ``curves.png``
+    (and the numbers to ``curves.json``), refreshed at the end of every training epoch."""
 
     def __init__(self, filename: str = "curves.png") -> None:
         self.filename = filename
@@ -47,15 +48,21 @@ class TrainingCurves(L.Callback):
         else:
             self.history.append(row)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._record(trainer, ("train/",))
-
     @rank_zero_only
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _plot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        plot_curves(self.history, output_dir(trainer) / self.filename, title=type(pl_module.model).__name__)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Not on_validation_epoch_end: callbacks' epoch-end hooks run before the task's, which computes and
+        # logs the metrics, so trainer.callback_metrics would still hold the previous validation's values.
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         self._record(trainer, ("val/",))
-        plot_curves(self.history, output_dir(trainer) / self.filename, title=type(pl_module.model).__name__)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning validates at the end of the epoch before this hook, so the row is complete here.
+        self._record(trainer, ("train/",))
+        self._plot(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -75,6 +82,8 @@ class DrawPredictions(L.Callback):
     @rank_zero_only
     @torch.no_grad()
     def _draw(self, trainer: L.Trainer, task: L.LightningModule, tag: str) -> None:
+        from .detection import DetectionTask
+
         dm = trainer.datamodule
         if dm is None or self.num_images <= 0:
             return
@@ -88,8 +97,7 @@ class DrawPredictions(L.Callback):
             if isinstance(images, torch.Tensor) and images.ndim == 3:
                 images = images[None]
             images = [img.to(task.device) for img in images]
-            if hasattr(task.model, "roi_heads") or hasattr(task.model, "anchor_generator") or \
-                    type(task).__name__ == "DetectionTask":
+            if isinstance(task, DetectionTask):
                 preds = task.model(images)
                 drawn += [draw_detections(i, p, class_names=names, score_thresh=self.score_thresh)
                           for i, p in zip(images, preds)]

@@ -114,7 +114,12 @@ def build_scheduler(
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised when a training loss is NaN or infinite (unless the task is told to skip such steps)."""
+    """Raised when a training loss is NaN or infinite (unless the task is told to skip such steps).
+
+    With ``on_nonfinite="skip"`` the step's gradients are never computed, so the optimizer leaves the
+    weights as they are (Lightning still counts the step in ``global_step`` and the LR schedule), and the
+    running statistics the forward pass changed are restored; ``task.skipped_steps`` counts such steps.
+    """
 
 
 class BaseTask(L.LightningModule):
@@ -133,6 +138,13 @@ class BaseTask(L.LightningModule):
             return loss
         detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
         if self.hparams.on_nonfinite == "skip":
+            # the forward pass already ran: undo what it did to running statistics (BN), which a
+            # non-finite activation would otherwise poison for good
+            backup = getattr(self, "_buffers_backup", None)
+            if backup is not None:
+                with torch.no_grad():
+                    for buf, saved in zip(self.model.buffers(), backup):
+                        buf.copy_(saved)
             self.skipped_steps += 1
             self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
             return None
@@ -142,21 +154,46 @@ class BaseTask(L.LightningModule):
             "(--trainer.gradient_clip_val 10) or set --model.init_args.on_nonfinite skip to skip such steps."
         )
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.hparams.on_nonfinite == "skip":  # cheap: buffers are running statistics and counters
+            self._buffers_backup = [b.detach().clone() for b in self.model.buffers()]
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = build_optimizer(
             self.model, name=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum
         )
-        total = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("the LR schedule needs a finite length: set --trainer.max_epochs or --trainer.max_steps")
+        total = int(total)
+        if trainer.train_dataloader is None:  # estimated_stepping_batches skips this with max_epochs=-1
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+        if math.isfinite(batches) and batches > 0:
+            steps_per_epoch = max(1, math.ceil(batches / max(1, trainer.accumulate_grad_batches)))
+        else:  # iterable dataset of unknown length: assume max_epochs split the steps evenly
+            steps_per_epoch = max(1, total // max(1, trainer.max_epochs or 1))
         scheduler = build_scheduler(
             optimizer, name=hp.scheduler, total_steps=total,
             warmup_steps=round(hp.warmup_epochs * steps_per_epoch), milestones=tuple(hp.milestones),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Also outside ``hyper_parameters``: ``load_from_checkpoint(path, num_classes=3)`` overwrites those
+        # before ``on_load_checkpoint`` sees them, and the guard needs the value the weights were trained with.
+        checkpoint["num_classes"] = int(self.hparams.num_classes)
+        # ``init_from`` only initialises a *new* run; a checkpoint of that run already holds the weights, so
+        # loading it must not read (or need) the original file again.
+        hp = checkpoint.get("hyper_parameters")
+        if hp is not None and hp.get("init_from"):
+            hp["initialized_from"] = hp["init_from"]
+            hp["init_from"] = None
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("hyper_parameters", {}).get("num_classes")
+        saved = checkpoint.get("num_classes", checkpoint.get("hyper_parameters", {}).get("num_classes"))
         if saved is not None and saved != self.hparams.num_classes:
             raise ValueError(
                 f"the checkpoint was trained with num_classes={saved} but this model has "

@@ -5,12 +5,46 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
+
+from ghost_vision.metrics.coco import first_occurrence_mask
 
 from .common import BaseTask, build_model
 
-__all__ = ["SegmentationTask"]
+__all__ = ["SegmentationTask", "PerImageMean"]
+
+
+class PerImageMean(Metric):
+    """Mean of one value per image over the split, each image id counted once.
+
+    Under DDP, ``DistributedSampler`` pads the split with repeated images; averaging per batch (``self.log(...,
+    sync_dist=True)``) would count those twice and give another number than one process. Values are kept
+    with their ids, the first occurrence of an id is used and the sum is taken in id order, so 1 and N
+    processes agree to the last bit.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("values", default=[], dist_reduce_fx="cat")
+        self.add_state("ids", default=[], dist_reduce_fx="cat")
+
+    def update(self, values: Tensor, ids: Tensor) -> None:
+        self.values.append(values.detach().double().reshape(-1))
+        self.ids.append(torch.as_tensor(ids, device=values.device).reshape(-1).long())
+
+    def compute(self) -> Tensor:
+        if isinstance(self.ids, list) and not self.ids:
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        ids, values = dim_zero_cat(self.ids).cpu(), dim_zero_cat(self.values).cpu()
+        keep = first_occurrence_mask(ids)
+        ids, values = ids[keep], values[keep]
+        return values[torch.argsort(ids)].mean()
 
 
 class SegmentationTask(BaseTask):
@@ -58,6 +92,7 @@ class SegmentationTask(BaseTask):
         from ghost_vision.metrics import SegmentationMetric
 
         self.val_metric = SegmentationMetric(num_classes, ignore_index=ignore_index)
+        self.val_loss = PerImageMean()
         if init_from:
             self._load_init_from(init_from)
 
@@ -72,6 +107,19 @@ class SegmentationTask(BaseTask):
             )
         return sum(parts.values()), parts
 
+    def _per_image_loss(self, out: dict[str, Tensor], masks: Tensor) -> Tensor:
+        """The loss of each image on its own (mean over its labelled pixels), ``N`` values."""
+
+        def ce(logits: Tensor) -> Tensor:
+            pix = F.cross_entropy(logits, masks, ignore_index=self.hparams.ignore_index, reduction="none")
+            valid = (masks != self.hparams.ignore_index).flatten(1)
+            return pix.flatten(1).sum(1) / valid.sum(1).clamp(min=1)
+
+        loss = ce(out["out"])
+        if "aux" in out and self.hparams.aux_weight > 0:
+            loss = loss + self.hparams.aux_weight * ce(out["aux"])
+        return loss
+
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor | None:
         images, masks = batch[0], batch[1]
         loss, parts = self._loss(self.model(images), masks)
@@ -85,8 +133,12 @@ class SegmentationTask(BaseTask):
         images, masks = batch[0], batch[1]
         ids = batch[2] if len(batch) > 2 else None
         out = self.model(images)
-        loss, _ = self._loss(out, masks)
-        self.log(f"{prefix}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(images))
+        loss_ids = ids
+        if loss_ids is None:  # a loader without indices: distinct positions (no de-duplication)
+            world, rank = self.trainer.world_size, self.trainer.global_rank
+            loss_ids = (torch.arange(len(images), device=images.device) + self._seen) * world + rank
+            self._seen += len(images)
+        self.val_loss.update(self._per_image_loss(out, masks), loss_ids)
         self.val_metric.update(out["out"].argmax(1), masks, image_ids=ids)
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
@@ -95,7 +147,15 @@ class SegmentationTask(BaseTask):
     def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
+    def on_validation_epoch_start(self) -> None:
+        self._seen = 0
+
+    def on_test_epoch_start(self) -> None:
+        self._seen = 0
+
     def _log_metric(self, prefix: str) -> None:
+        self.log(f"{prefix}/loss", self.val_loss.compute().float())
+        self.val_loss.reset()
         values = self.val_metric.compute()
         names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
         for name, value in values.items():

@@ -1,0 +1,76 @@
+"""Helpers for the task/CLI tests: tiny-run overrides for the recipes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+
+# Per recipe: overrides that make a run take seconds (narrow backbone, small crops/inputs, tiny batches).
+TINY = {
+    "ssdlite_ghost_shapes.yaml": [
+        "--model.init_args.model_kwargs", "{width: 0.5}", "--data.init_args.batch_size", "4",
+        "--data.init_args.val_batch_size", "1",
+    ],
+    "fasterrcnn_ghost_fpn_shapes.yaml": [
+        "--model.init_args.model_kwargs", "{width: 0.5, min_size: 128, max_size: 160}",
+        "--data.init_args.batch_size", "2", "--data.init_args.val_batch_size", "1",
+    ],
+    "deeplabv3_ghost_shapes.yaml": [
+        "--model.init_args.model_kwargs", "{output_stride: 16, decoder: true, width: 0.5}",
+        "--data.init_args.batch_size", "2", "--data.init_args.crop_size", "64",
+    ],
+}
+
+
+def tiny_args(config: str, tmp: Path, *, data_root: Path | None = None, num_train: int = 8, num_val: int = 4,
+              epochs: int = 1, train_batches: int | None = 2, val_batches: int | None = 2) -> list[str]:
+    """``tools/train.py`` arguments (after the config) for a seconds-long run writing only under ``tmp``."""
+    args = [
+        "--trainer.max_epochs", str(epochs),
+        "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--trainer.log_every_n_steps", "1",
+        "--trainer.default_root_dir", str(tmp),
+        "--trainer.logger.init_args.save_dir", str(tmp),
+        "--checkpoint.dirpath", str(tmp / "ckpt"),
+        "--data.init_args.root", str(data_root or tmp / "data"),
+        "--data.init_args.num_train", str(num_train),
+        "--data.init_args.num_val", str(num_val),
+        "--data.init_args.num_workers", "0",
+        *TINY[config],
+    ]
+    if train_batches is not None:
+        args += ["--trainer.limit_train_batches", str(train_batches)]
+    if val_batches is not None:
+        args += ["--trainer.limit_val_batches", str(val_batches)]
+    return args
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for ``tools/*.py`` subprocesses: quiet, 1 thread per process, ``_toy`` importable."""
+    env = dict(os.environ)
+    env.update(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(REPO), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def tool_cmd(tool: str, *args: str) -> list[str]:
+    return [sys.executable, str(REPO / "tools" / f"{tool}.py"), *args]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: with 2 threads on a busy 2-core machine OpenMP's spinning makes these models up
+    to 100x slower (measured: SSDLite forward 35 ms with 1 thread, 3 s with 2 under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

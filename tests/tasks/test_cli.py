@@ -1,0 +1,178 @@
+"""The command line on tiny synthetic data: ``tools/train.py`` (fit, then validate the best checkpoint),
+``tools/eval.py``, ``tools/infer.py``, the test stage, and ``--print_config`` for every recipe.
+
+Runs happen in-process (``runpy`` with a patched ``sys.argv``, exactly what ``python tools/x.py`` does)
+to keep them at seconds; ``test_ddp_resume.py`` covers real subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import CONFIGS, REPO, tiny_args
+from torchvision.io import decode_png, read_file
+
+from ghost_vision.cli import load_task
+from ghost_vision.tasks import DetectionTask, SegmentationTask
+
+COCO_KEYS = {"map", "map_50", "map_75", "map_small", "map_medium", "map_large",
+             "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"}
+SEG_KEYS = {"miou", "pixel_accuracy", "mean_accuracy", "loss"}
+
+
+def run_tool(tool: str, *argv: str, monkeypatch: pytest.MonkeyPatch | None = None):
+    """``python tools/<tool>.py argv...`` in this process; returns the tool's ``main()`` result if any."""
+    mp = monkeypatch or pytest.MonkeyPatch()
+    try:
+        mp.setattr(sys, "argv", [str(REPO / "tools" / f"{tool}.py"), *argv])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ns = runpy.run_path(str(REPO / "tools" / f"{tool}.py"), run_name="not_main")
+            return ns["main"]()
+    finally:
+        if monkeypatch is None:
+            mp.undo()
+
+
+def train_tiny(config: str, tmp: Path, **kw) -> dict:
+    """Run tools/train.py on a recipe with tiny overrides; return paths and the metrics."""
+    out = tmp / "final.json"
+    run_tool("train", str(CONFIGS / config), *tiny_args(config, tmp, **kw), "--output", str(out))
+    log_dir = tmp / "logs" / "version_0"
+    ckpts = sorted((tmp / "ckpt").glob("best-*.ckpt"))
+    return {"tmp": tmp, "log_dir": log_dir, "metrics": json.loads(out.read_text()), "best": ckpts,
+            "last": tmp / "ckpt" / "last.ckpt", "config": config}
+
+
+def _check_run(run: dict, keys: set[str]) -> None:
+    assert keys <= set(run["metrics"]), sorted(run["metrics"])
+    assert all(isinstance(v, float) for v in run["metrics"].values())
+    assert run["last"].is_file() and len(run["best"]) == 1
+    ckpt = torch.load(run["best"][0], map_location="cpu", weights_only=False)
+    assert ckpt["num_classes"] == ckpt["hyper_parameters"]["num_classes"]
+    # pictures: training curves and predictions drawn at the end of fit and of the final validate
+    curves = json.loads((run["log_dir"] / "curves.json").read_text())
+    assert curves and {"train/loss"} <= set(curves[-1]), curves
+    assert any(k.startswith("val/") for k in curves[-1]), curves
+    for png in ("curves.png", "predictions/fit_end.png", "predictions/validate.png"):
+        assert (run["log_dir"] / png).stat().st_size > 1000, png
+    # the config LightningCLI saved re-creates the run
+    assert (run["log_dir"] / "config.yaml").is_file()
+
+
+def _check_eval_and_test(run: dict, task_cls: type, prefix_keys: set[str], tmp_path: Path) -> None:
+    """tools/eval.py on the best checkpoint gives the same flat JSON as the run's final validate; the
+    test stage (Trainer.test through the task's test_step) agrees as well."""
+    out = tmp_path / "eval.json"
+    metrics = run_tool("eval", str(CONFIGS / run["config"]), *tiny_args(run["config"], tmp_path / "eval",
+                       data_root=run["tmp"] / "data"), "--ckpt_path", str(run["best"][0]), "--output", str(out))
+    assert json.loads(out.read_text()) == run["metrics"] == metrics
+
+    task = load_task(run["best"][0])
+    assert type(task) is task_cls
+    cli_data = {"ssdlite_ghost_shapes.yaml": "SyntheticCocoDataModule",
+                "fasterrcnn_ghost_fpn_shapes.yaml": "SyntheticCocoDataModule",
+                "deeplabv3_ghost_shapes.yaml": "SyntheticCityscapesDataModule"}[run["config"]]
+    import ghost_vision.data as gd
+
+    dm_kwargs = {"root": str(run["tmp"] / "data"), "num_train": 8, "num_val": 4, "num_workers": 0}
+    if task_cls is DetectionTask:
+        dm_kwargs["val_batch_size"] = 1
+    dm = getattr(gd, cli_data)(**dm_kwargs)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_test_batches=2, default_root_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = trainer.test(task, datamodule=dm, verbose=False)
+    test = {k.removeprefix("test/"): v for k, v in results[0].items()}
+    assert prefix_keys <= set(test)
+    assert test == pytest.approx(run["metrics"], abs=1e-6, nan_ok=True)
+
+
+@pytest.fixture(scope="module")
+def ssdlite_run(tmp_path_factory):
+    return train_tiny("ssdlite_ghost_shapes.yaml", tmp_path_factory.mktemp("ssdlite"))
+
+
+def test_ssdlite_fit_validate_writes_metrics_checkpoints_pictures(ssdlite_run):
+    _check_run(ssdlite_run, COCO_KEYS)
+    assert (ssdlite_run["log_dir"] / "metrics.json").is_file() is False  # --output replaces the default file
+
+
+def test_ssdlite_eval_and_test_stage_match_validate(ssdlite_run, tmp_path):
+    _check_eval_and_test(ssdlite_run, DetectionTask, COCO_KEYS, tmp_path)
+
+
+def test_infer_writes_pictures(ssdlite_run, tmp_path):
+    images = sorted((ssdlite_run["tmp"] / "data" / "val2017").glob("*"))[:2]
+    written = run_tool("infer", "--ckpt_path", str(ssdlite_run["last"]), *map(str, images),
+                       "--out", str(tmp_path / "pred"), "--score_thresh", "0.0")
+    assert [p.name for p in written] == [f"{p.stem}_pred.png" for p in images]
+    for png, src in zip(written, images):
+        drawn = decode_png(read_file(str(png)))
+        from PIL import Image
+
+        assert drawn.shape[0] == 3 and tuple(drawn.shape[1:]) == Image.open(src).size[::-1]
+
+
+def test_eval_needs_an_existing_checkpoint(ssdlite_run, tmp_path):
+    args = tiny_args("ssdlite_ghost_shapes.yaml", tmp_path, data_root=ssdlite_run["tmp"] / "data")
+    with pytest.raises(SystemExit, match="needs --ckpt_path"):
+        run_tool("eval", str(CONFIGS / "ssdlite_ghost_shapes.yaml"), *args)
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        run_tool("eval", str(CONFIGS / "ssdlite_ghost_shapes.yaml"), *args, "--ckpt_path", str(tmp_path / "x.ckpt"))
+
+
+def test_init_from_real_checkpoint_loads_backbone_skips_head(ssdlite_run):
+    """Fine-tuning the SSDLite checkpoint (5 classes) on 3 classes: backbone loaded, class head fresh."""
+    trained = torch.load(ssdlite_run["last"], map_location="cpu", weights_only=False)["state_dict"]
+    task = DetectionTask("ssdlite320_ghostnet", num_classes=3, model_kwargs={"width": 0.5},
+                         init_from=str(ssdlite_run["last"]))
+    own = task.state_dict()
+    backbone = [k for k in trained if k.startswith("model.backbone.")]
+    cls_head = [k for k in trained if "classification_head" in k and trained[k].shape != own[k].shape]
+    assert backbone and cls_head
+    assert all(torch.equal(own[k], trained[k]) for k in backbone)
+    assert task.init_report["skipped"] == len(cls_head)
+    with pytest.raises(ValueError, match="trained with num_classes=5 but this model has num_classes=3"):
+        DetectionTask.load_from_checkpoint(ssdlite_run["last"], num_classes=3)
+
+
+def test_segmentation_fit_validate_eval_test(tmp_path_factory, tmp_path):
+    run = train_tiny("deeplabv3_ghost_shapes.yaml", tmp_path_factory.mktemp("deeplab"))
+    _check_run(run, SEG_KEYS)
+    _check_eval_and_test(run, SegmentationTask, SEG_KEYS, tmp_path)
+
+
+def test_fasterrcnn_fit_validate_eval_test(tmp_path_factory, tmp_path):
+    run = train_tiny("fasterrcnn_ghost_fpn_shapes.yaml", tmp_path_factory.mktemp("frcnn"))
+    _check_run(run, COCO_KEYS)
+    _check_eval_and_test(run, DetectionTask, COCO_KEYS, tmp_path)
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_print_config(config, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_tool("train", str(CONFIGS / config), "--print_config")
+    assert exc.value.code in (0, None)
+    import yaml
+
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("ghost_vision.tasks.")
+    assert printed["data"]["class_path"].startswith("ghost_vision.data.")
+    assert printed["checkpoint"]["save_last"] is True and printed["checkpoint"]["monitor"].startswith("val/")
+    assert "optimizer" not in printed  # the tasks own the optimizer set-up
+
+
+def test_config_errors_get_clear_messages(capsys):
+    with pytest.raises(SystemExit):
+        run_tool("train", str(CONFIGS / "ssdlite_ghost_shapes.yaml"), "--model.init_args.lr", "fast")
+    err = capsys.readouterr().err
+    assert "lr" in err and "fast" in err
