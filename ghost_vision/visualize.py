@@ -101,8 +101,10 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | Path, *, tit
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = sorted({k for row in history for k in row if k not in ("epoch", "step")})
-    losses = [n for n in names if "loss" in n]
-    metrics = [n for n in names if n not in losses and not n.startswith(("lr", "train/skipped"))]
+    # Left: every training loss (total and parts) and validation losses; right: the headline metrics.
+    losses = [n for n in names if "loss" in n or (n.startswith("train/") and n != "train/skipped_steps")]
+    headline = ("map", "map_50", "map_75", "mar_100", "miou", "pixel_accuracy", "mean_accuracy")
+    metrics = [n for n in names if n not in losses and n.split("/", 1)[-1] in headline]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, group, ylabel in ((axes[0], losses, "loss"), (axes[1], metrics, "metric")):
         for name in group:
