@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 r["batch8"] = _timing(name, _variants(pair, ghost, peer, batch, full=False), rounds8, batch)
             if "onnx" not in args.skip:
                 try:
-                    r["onnxruntime"] = _onnx(name, pair, ghost, peer, args.rounds, args.threads, tmp)
+                    ort_rounds = args.rounds if args.quick else 3 * args.rounds  # ORT runs are short
+                    r["onnxruntime"] = _onnx(name, pair, ghost, peer, ort_rounds, args.threads, tmp)
                 except Exception as exc:  # noqa: BLE001 - report and go on with the other measurements
                     r["onnxruntime"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             if pair["kind"] == "det" and "train" not in args.skip:

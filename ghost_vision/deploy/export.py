@@ -124,6 +124,8 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    # no busy-waiting pool threads: they would steal the cores from the next session/model being timed
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 

@@ -206,21 +206,29 @@ class FastGhostBottleneck(GhostBottleneck):
         self.ghost2 = _fast(src.ghost2)
         self.shortcut = nn.Sequential(*_fused_chain(*src.shortcut))
 
+    def forward(self, x: Tensor) -> Tensor:
+        return self._finish(x, self.ghost1(x), self.conv_dw, self.se, None)
+
     def forward_from_expansion(self, x: Tensor, mid: Tensor) -> Tensor:
-        if self.conv_dw is not None:
-            mid = self.conv_dw(mid)
-        weight = None
-        if self.se is not None:
+        return self._finish(x, mid, self.conv_dw, self.se, None)
+
+    def _finish(
+        self, x: Tensor, mid: Tensor, conv_dw: nn.Module | None, se: FastSqueezeExcite | None,
+        weight: Tensor | None,
+    ) -> Tensor:
+        if conv_dw is not None:
+            mid = conv_dw(mid)
+        if se is not None:
             if (
                 self.fold_se
                 and mid.shape[0] == 1
                 and not isinstance(self.ghost2, FusedGhostModuleV2)
                 and not torch.jit.is_tracing()  # a traced graph must not bake in the batch size
             ):
-                gate = self.se.gate(mid)  # (1, C, 1, 1) scales the input channels of the 1x1 conv
-                weight = self.ghost2.primary.weight * gate.view(1, -1, 1, 1)
+                gate = se.gate(mid)  # (1, C, 1, 1) scales the input channels of the 1x1 conv
+                weight = (self.ghost2.primary.weight if weight is None else weight) * gate.view(1, -1, 1, 1)
             else:
-                mid = self.se(mid)
+                mid = se(mid)
         if len(self.shortcut) == 0:
             return self.ghost2.forward_add(mid, x, reuse=False, weight=weight)
         return self.ghost2.forward_add(mid, self.shortcut(x), reuse=True, weight=weight)
