@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ghost_vision.models.detection import SSDHeadOutputs, ssdlite320_ghostnet
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "detection.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
+SECTION = "## Use the GhostNet backbone in your own detector"
 
 # Measured with FlopCounterMode (MACs = flops / 2) on backbone + head, eval mode, 1 x 3 x 320 x 320.
 SSDLITE_GHOSTNET_MACS = 535_802_048
@@ -99,11 +100,13 @@ def test_ssdlite_macs_below_torchvision() -> None:
 
 
 def test_readme_snippet_runs() -> None:
-    text = DOC.read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 1, "docs/detection.md must hold exactly one python example"
+    text = README.read_text()
+    assert SECTION in text, f"README.md lost its section {SECTION!r}"
+    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks, "the README's detector section must hold a python example"
     torch.manual_seed(0)
     namespace: dict = {"__name__": "__readme__"}
-    exec(compile(blocks[0], str(DOC), "exec"), namespace)  # noqa: S102 - the documented example, as written
+    exec(compile(blocks[0], str(README), "exec"), namespace)  # noqa: S102 - the documented example, as written
     assert set(namespace["losses"]) >= {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
     assert set(namespace["predictions"][0]) == {"boxes", "labels", "scores"}
