@@ -78,6 +78,14 @@ def _report(metrics: dict[str, float], output: str | None, default: Path) -> Non
         rank_zero_info(f"metrics written to {path}")
 
 
+def _finish(trainer: Any) -> None:
+    """Under DDP: wait for every rank, then close the process group, so that no rank exits while another
+    still talks to it (an abrupt peer exit can abort the survivor at interpreter shutdown)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        trainer.strategy.barrier("ghost_vision.finish")
+        torch.distributed.destroy_process_group()
+
+
 def train(args: Sequence[str] | None = None) -> dict[str, float]:
     """Fit, then validate the best checkpoint (``last`` when no metric is monitored); returns metrics."""
     cli = _make_cli(args)
@@ -91,6 +99,7 @@ def train(args: Sequence[str] | None = None) -> dict[str, float]:
     if best:
         rank_zero_info(f"validated checkpoint {best}")
     _report(metrics, cli.config.get("output"), output_dir(trainer) / "metrics.json")
+    _finish(trainer)
     return metrics
 
 
@@ -105,6 +114,7 @@ def evaluate(args: Sequence[str] | None = None) -> dict[str, float]:
     results = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics = _flat(results)
     _report(metrics, cli.config.get("output"), output_dir(cli.trainer) / "eval_metrics.json")
+    _finish(cli.trainer)
     return metrics
 
 

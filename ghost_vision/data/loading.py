@@ -9,6 +9,8 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from .resumable import ResumableDataLoader
+
 __all__ = ["IndexedDataset", "build_preset", "detection_collate", "missing_data_error"]
 
 DET_SHAPES_CONFIG = "configs/ssdlite_ghost_shapes.yaml"
@@ -90,7 +92,9 @@ class _BaseDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a dataloader")
         if not train and self._index_eval:
             dataset = IndexedDataset(dataset)
-        return DataLoader(
+        # training: reproducible epochs and exact mid-epoch resume from a checkpoint (see .resumable)
+        loader_cls = ResumableDataLoader if train else DataLoader
+        return loader_cls(
             dataset,
             batch_size=self.batch_size if train else self.val_batch_size,
             shuffle=train,

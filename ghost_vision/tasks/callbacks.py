@@ -18,7 +18,16 @@ log = logging.getLogger(__name__)
 
 
 def output_dir(trainer: L.Trainer) -> Path:
+    """The run's log folder. Under DDP ``trainer.log_dir`` is a collective (rank 0 broadcasts it): call this
+    on every rank, never from inside a ``rank_zero_only`` function, or the other ranks wait forever."""
     return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class _OutputDirMixin:
+    _out: Path | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._out = output_dir(trainer)  # all ranks take part in the broadcast here
 
 
 def _scalar(value: Any) -> float | None:
@@ -29,7 +38,7 @@ def _scalar(value: Any) -> float | None:
     return None
 
 
-class TrainingCurves(L.Callback):
+class TrainingCurves(_OutputDirMixin, L.Callback):
     """Plot epoch-level training losses and validation metrics against the epoch to ``curves.png``
     (and the numbers to ``curves.json``), refreshed at the end of every training epoch."""
 
@@ -50,7 +59,8 @@ class TrainingCurves(L.Callback):
 
     @rank_zero_only
     def _plot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        plot_curves(self.history, output_dir(trainer) / self.filename, title=type(pl_module.model).__name__)
+        path = (self._out or output_dir(trainer)) / self.filename
+        plot_curves(self.history, path, title=type(pl_module.model).__name__)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Not on_validation_epoch_end: callbacks' epoch-end hooks run before the task's, which computes and
@@ -71,7 +81,7 @@ class TrainingCurves(L.Callback):
         self.history = list(state_dict.get("history", []))
 
 
-class DrawPredictions(L.Callback):
+class DrawPredictions(_OutputDirMixin, L.Callback):
     """At the end of ``fit`` and ``validate``, draw predictions on the first validation images as PNGs."""
 
     def __init__(self, num_images: int = 8, score_thresh: float = 0.3, dirname: str = "predictions") -> None:
@@ -109,7 +119,8 @@ class DrawPredictions(L.Callback):
                 break
         task.train(was_training)
         if drawn:
-            path = save_image(drawn[: self.num_images], output_dir(trainer) / self.dirname / f"{tag}.png")
+            out = self._out or output_dir(trainer)
+            path = save_image(drawn[: self.num_images], out / self.dirname / f"{tag}.png")
             log.info("predictions drawn to %s", path)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

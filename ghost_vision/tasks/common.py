@@ -113,6 +113,32 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _rng_states() -> dict[str, Any]:
+    """torch / numpy / random global states in types that ``torch.load(weights_only=True)`` accepts."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_states(states: Mapping[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss is NaN or infinite (unless the task is told to skip such steps).
 
@@ -185,6 +211,10 @@ class BaseTask(L.LightningModule):
         # Also outside ``hyper_parameters``: ``load_from_checkpoint(path, num_classes=3)`` overwrites those
         # before ``on_load_checkpoint`` sees them, and the guard needs the value the weights were trained with.
         checkpoint["num_classes"] = int(self.hparams.num_classes)
+        # Global RNG states (torch, numpy, random; per process), restored when a fit resumes so that model
+        # randomness (dropout, proposal sampling) continues as in an uninterrupted run. The train loader's
+        # order and augmentations do not use them (ghost_vision.data.resumable).
+        checkpoint["rng_states"] = _rng_states()
         # ``init_from`` only initialises a *new* run; a checkpoint of that run already holds the weights, so
         # loading it must not read (or need) the original file again.
         hp = checkpoint.get("hyper_parameters")
@@ -192,7 +222,24 @@ class BaseTask(L.LightningModule):
             hp["initialized_from"] = hp["init_from"]
             hp["init_from"] = None
 
+    def on_train_start(self) -> None:
+        # Resuming mid-epoch: hand the train loader its saved position. Lightning restores loader states
+        # only while it builds the train loader, but ``estimated_stepping_batches`` (configure_optimizers)
+        # built it before the checkpoint's loop state was loaded, so the state would be dropped silently
+        # (the resumed epoch would then start over). The loader's iterator exists but has not served a
+        # batch yet (ghost_vision.data.resumable reads its state lazily), so loading it here is in time.
+        fit_loop = self.trainer.fit_loop
+        if getattr(fit_loop, "_combined_loader_states_to_load", None) and hasattr(
+            fit_loop, "_load_combined_loader_states"
+        ):
+            fit_loop._load_combined_loader_states()
+        # after the sanity check (whose loader draws from the global RNG), before the first resumed batch
+        states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+        if states is not None:
+            _set_rng_states(states)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("rng_states")
         saved = checkpoint.get("num_classes", checkpoint.get("hyper_parameters", {}).get("num_classes"))
         if saved is not None and saved != self.hparams.num_classes:
             raise ValueError(

@@ -253,3 +253,31 @@ def test_init_from_with_nothing_in_common_fails(tmp_path):
     torch.save({"something.else": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match="no tensor of the checkpoint fits"):
         DetectionTask({"class_path": TOY}, num_classes=3, init_from=str(path))
+
+
+def test_resumable_loader_epochs_are_reproducible_and_resume_mid_epoch():
+    from ghost_vision.data.resumable import ResumableDataLoader
+
+    def loader():
+        return ResumableDataLoader(list(range(10)), batch_size=3, shuffle=True, seed=5)
+
+    a = loader()
+    epochs = []
+    for e in range(2):
+        a.sampler.set_epoch(e)
+        epochs.append([b.tolist() for b in a])
+    assert epochs[0] != epochs[1] and sorted(sum(epochs[0], [])) == list(range(10))
+    torch.manual_seed(123)  # the global RNG plays no part
+    b = loader()
+    b.sampler.set_epoch(1)
+    it = iter(b)
+    first = [next(it).tolist(), next(it).tolist()]
+    state = b.state_dict()
+    assert state == {"seed": 5, "epoch": 1, "batches": 2}
+    c = ResumableDataLoader(list(range(10)), batch_size=3, shuffle=True)  # seed comes from the state
+    c.load_state_dict(state)
+    c.sampler.set_epoch(1)
+    assert first + [x.tolist() for x in c] == epochs[1]
+    # a state from another epoch (an epoch-end checkpoint) does not skip anything
+    c.load_state_dict({"seed": 5, "epoch": 0, "batches": 4})
+    assert [x.tolist() for x in c] == epochs[1]
