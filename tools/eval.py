@@ -21,4 +21,9 @@ def main() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    from ghost_vision.data.io import DataError
+
+    try:
+        main()
+    except (FileNotFoundError, DataError) as exc:  # missing or broken data: the message says what to do
+        raise SystemExit(f"error: {exc}") from None
