@@ -21,3 +21,13 @@ def raccoon_root() -> Path:
     if not (root / "VOC2007" / "Annotations").is_dir():
         pytest.skip(f"real-format raccoon data not found at {root} (see shared/datasets/README.md)")
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the test: with 2 threads on a busy 2-core machine OpenMP's spinning makes the
+    detectors up to 100x slower (SSDLite forward 35 ms with 1 thread, 3 s with 2 under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

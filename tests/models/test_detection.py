@@ -30,13 +30,7 @@ BUILDERS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: two oversubscribed OpenMP threads on a shared 2-core runner are much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trainable(module: nn.Module) -> int:

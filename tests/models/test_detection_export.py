@@ -21,13 +21,7 @@ SSDLITE_GHOSTNET_MACS = 535_802_048
 TORCHVISION_SSDLITE_MACS = 583_171_904  # ssdlite320_mobilenet_v3_large, measured the same way (0.58 G)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: two oversubscribed OpenMP threads on a shared 2-core runner are much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _export(module: nn.Module, args: tuple, path: Path, **kwargs) -> None:

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -66,11 +65,6 @@ def tool_cmd(tool: str, *args: str) -> list[str]:
     return [sys.executable, str(REPO / "tools" / f"{tool}.py"), *args]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: with 2 threads on a busy 2-core machine OpenMP's spinning makes these models up
-    to 100x slower (measured: SSDLite forward 35 ms with 1 thread, 3 s with 2 under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True)
+def _one_torch_thread(one_torch_thread):
+    """Every tasks test runs with one intra-op thread (see tests/conftest.py)."""
