@@ -1,9 +1,10 @@
 """Ghost models vs their torchvision MobileNetV3 peers, side by side on this CPU.
 
 For each pair (``--pairs``; default all): params, MACs, batch-1 latency and batch-8 throughput of the plain
-eager Ghost model, our fast path (``ghost_vision.deploy.optimize``) and the peer given channels_last (all
-variants interleaved round by round, medians, Ghost/peer ratio per round and its median), the same in
-onnxruntime (both exported by ``ghost_vision.deploy.export``), for detectors one training step at batch 32
+eager Ghost model, our fast path (``ghost_vision.deploy.optimize``: frozen TorchScript; and the same rewrites
+left eager), the peer given channels_last and the peer given the same freezing (all variants interleaved
+round by round, medians, per-round ratios and their median), the same in onnxruntime (both prepared by
+``optimize_for_onnx`` and exported by ``ghost_vision.deploy.export``), for detectors one training step at batch 32
 (time and RSS peak, each in a fresh process), and the SSD train preset's data-loading rate (2 workers).
 Detector latency is the network up to the head outputs (what is exported); ``*_full`` adds torchvision's
 transform and postprocessing (batch 1).
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ghost_vision.deploy import optimize  # noqa: E402
+from ghost_vision.deploy import freeze_network, optimize, optimize_for_onnx  # noqa: E402
 from ghost_vision.deploy.bench import (  # noqa: E402
     PAIRS,
     build,
@@ -56,10 +57,17 @@ def _net_input(pair: dict[str, Any], batch: int) -> torch.Tensor:
 
 
 def _variants(pair: dict[str, Any], ghost, peer, batch: int, full: bool) -> dict[str, Any]:
-    """Callables for one batch size; detectors run their network part on a ready tensor."""
+    """Callables for one batch size; detectors run their network part on a ready tensor.
+
+    ``ghost_fast`` is ``optimize(ghost)`` (frozen TorchScript), ``ghost_fast_eager`` the same rewrites left as
+    Python modules; ``peer_channels_last`` is the target's reference and ``peer_frozen`` the peer given the
+    same TorchScript freezing (channels_last too), so that the comparison is also like for like.
+    """
     fast = optimize(ghost)
     peer_cl = copy.deepcopy(peer).to(memory_format=CL)
-    nets = {"ghost_eager": ghost, "ghost_fast": fast, "peer_channels_last": peer_cl}
+    peer_frozen, _ = freeze_network(copy.deepcopy(peer_cl))
+    nets = {"ghost_eager": ghost, "ghost_fast": fast, "ghost_fast_eager": optimize(ghost, script=False),
+            "peer_channels_last": peer_cl, "peer_frozen": peer_frozen}
     if pair["kind"] == "det":
         nets = {k: exportable(m)[0] for k, m in nets.items()}
     x = _net_input(pair, batch)
@@ -83,6 +91,8 @@ def _timing(name: str, fns: dict[str, Any], rounds: int, batch: int) -> dict[str
         "fast_vs_peer": ratio_summary(times, "ghost_fast", "peer_channels_last"),
         "eager_vs_peer": ratio_summary(times, "ghost_eager", "peer_channels_last"),
         "eager_vs_fast": ratio_summary(times, "ghost_eager", "ghost_fast"),
+        "eager_vs_fast_eager": ratio_summary(times, "ghost_eager", "ghost_fast_eager"),
+        "fast_vs_peer_frozen": ratio_summary(times, "ghost_fast", "peer_frozen"),
     }
     if "ghost_fast_full" in times:
         out["ratios"]["full_fast_vs_peer"] = ratio_summary(times, "ghost_fast_full", "peer_channels_last_full")
@@ -90,11 +100,12 @@ def _timing(name: str, fns: dict[str, Any], rounds: int, batch: int) -> dict[str
 
 
 def _onnx(name: str, pair: dict[str, Any], ghost, peer, rounds: int, threads: int, tmp: Path) -> dict[str, Any]:
-    """Both models exported the same way (optimize(channels_last=False, fold_se=False) -> legacy exporter)."""
+    """Both models exported the same way: ``optimize_for_onnx`` (BatchNorm folding for both; the Ghost
+    rewrites touch only Ghost blocks) -> the legacy exporter -> onnxruntime with all graph optimizations."""
     sessions, reports = {}, {}
     for key, model in (("ghost", ghost), ("peer", peer)):
         path = tmp / f"{name}_{key}.onnx"
-        rep = export_onnx(optimize(model, channels_last=False, fold_se=False), _net_input(pair, 1), path,
+        rep = export_onnx(optimize_for_onnx(model), _net_input(pair, 1), path,
                           threads=threads)
         reports[key] = {k: rep[k] for k in ("dynamic_batch", "dynamic_size", "max_abs_diff")}
         sessions[key] = ort_session(path, threads)
@@ -150,11 +161,11 @@ def _md(results: dict[str, Any]) -> str:
     lines = [f"# Benchmark ({'quick' if c['quick'] else 'full'})", "",
              f"{c['date']} · torch {c['torch']} · {c['threads']} threads · {c['cpu_count']} CPUs · "
              f"load average {c['load_start']} → {c['load_end']}", "",
-             "| pair | params G/P (M) | MACs G/P (G) | MAC ratio | b1 fast/peer | b1 eager/peer | b1 eager/fast "
-             "| b8 fast/peer | ORT G/P |", "|" + "---|" * 9]
+             "| pair | params G/P (M) | MACs G/P (G) | MAC ratio | b1 fast/peer | b1 fast/peer frozen "
+             "| b1 eager/fast | b8 fast/peer | b8 eager/fast | ORT G/P |", "|" + "---|" * 10]
     for name, r in results["pairs"].items():
         if "error" in r:
-            lines.append(f"| {name} | error: {r['error'][:80]} |" + " |" * 7)
+            lines.append(f"| {name} | error: {r['error'][:80]} |" + " |" * 8)
             continue
         b1, b8 = r.get("batch1", {}).get("ratios", {}), r.get("batch8", {}).get("ratios", {})
 
@@ -163,10 +174,11 @@ def _md(results: dict[str, Any]) -> str:
         ort = f"{r['onnxruntime']['ratio']['median_of_round_ratios']:.2f}×" if "ratio" in r.get("onnxruntime", {}) else "–"
         lines.append(f"| {name} ({r['size']}) | {r['params_m']['ghost']:.2f} / {r['params_m']['peer']:.2f} | "
                      f"{r['macs_g']['ghost']:.3f} / {r['macs_g']['peer']:.3f} | {r['mac_ratio']:.2f}× | "
-                     f"{f(b1, 'fast_vs_peer')} | {f(b1, 'eager_vs_peer')} | {f(b1, 'eager_vs_fast')} | "
-                     f"{f(b8, 'fast_vs_peer')} | {ort} |")
-    lines += ["", "Ratios are medians of per-round Ghost/peer time ratios (< 1: Ghost faster); eager/fast is the "
-              "speed-up of the fast path.", ""]
+                     f"{f(b1, 'fast_vs_peer')} | {f(b1, 'fast_vs_peer_frozen')} | {f(b1, 'eager_vs_fast')} | "
+                     f"{f(b8, 'fast_vs_peer')} | {f(b8, 'eager_vs_fast')} | {ort} |")
+    lines += ["", "Ratios are medians of per-round time ratios (< 1: Ghost faster); eager/fast is the speed-up of "
+              "the fast path (`optimize`, frozen TorchScript) over the plain eager Ghost model; 'peer frozen' is "
+              "the peer given the same TorchScript freezing.", ""]
     for name, r in results["pairs"].items():
         for key in ("batch1", "batch8"):
             if key in r:

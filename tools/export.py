@@ -3,8 +3,10 @@
 ONNX: dynamic batch and, where the model allows (not SSD, whose default boxes fix the size), dynamic
 height/width; the file is run in onnxruntime on the example, a batch of 2 and a larger size and compared
 with the eager model. Detectors are exported up to their head outputs (see
-``ghost_vision.deploy.export.exportable``). By default the fast path (``optimize``: BatchNorm folded) is
-exported; ``--plain`` exports the model as built.
+``ghost_vision.deploy.export.exportable``). By default the rewritten models are exported: for ONNX
+``optimize_for_onnx`` (BatchNorm folded, concat-free Ghost modules where onnxruntime would reorder around a
+concatenation), for TorchScript the fast path ``optimize(script=False)`` (scripted here, not frozen);
+``--plain`` exports the model as built.
 
 Usage:
     python tools/export.py ghostnet_100 --out exported
@@ -26,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ghost_vision.deploy import optimize  # noqa: E402
+from ghost_vision.deploy import optimize, optimize_for_onnx  # noqa: E402
 from ghost_vision.deploy.export import export_onnx, export_torchscript  # noqa: E402
 from ghost_vision.models import VARIANTS, create_ghostnet, load_weights  # noqa: E402
 
@@ -77,20 +79,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         load_weights(model, args.weights) if args.model in VARIANTS else model.load_state_dict(
             torch.load(args.weights, map_location="cpu", weights_only=True))
     model.eval()
-    if not args.plain:
-        model = optimize(model, channels_last=False, fold_se=False)
+    onnx_model = model if args.plain else optimize_for_onnx(model)
+    ts_model = model if args.plain else optimize(model, script=False)
     h, w = args.size or ((224, 224) if args.model in VARIANTS else (320, 320))
     example = torch.rand(1, 3, h, w)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"model": args.model, "input": [1, 3, h, w], "optimized": not args.plain}
     if "onnx" in args.formats:
-        report["onnx"] = export_onnx(model, example, args.out / f"{args.model}.onnx", opset=args.opset,
+        report["onnx"] = export_onnx(onnx_model, example, args.out / f"{args.model}.onnx", opset=args.opset,
                                      dynamic_batch=not args.static, dynamic_size=not args.static)
         print(f"ONNX: {report['onnx']['path']} (dynamic batch {report['onnx']['dynamic_batch']}, size "
               f"{report['onnx']['dynamic_size']}; onnxruntime max diff {report['onnx']['max_abs_diff']:.2e})")
     if "torchscript" in args.formats:
         try:
-            report["torchscript"] = export_torchscript(model, example, args.out / f"{args.model}.pt")
+            report["torchscript"] = export_torchscript(ts_model, example, args.out / f"{args.model}.pt")
             print(f"TorchScript ({report['torchscript']['method']}): {report['torchscript']['path']}")
         except Exception as exc:  # noqa: BLE001 - ONNX may still be useful; say why TorchScript failed
             report["torchscript"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}

@@ -6,12 +6,12 @@ Everything here is exact algebra (up to float rounding), valid in eval mode only
   for ``BatchNorm2d`` and torchvision's ``FrozenBatchNorm2d``, wherever a conv feeds a BN: in any
   ``nn.Sequential`` (torchvision's ``Conv2dNormActivation``, SSDLite/LR-ASPP/DeepLab heads, FPN with norm), in
   the GhostNet stem and ``ConvBnAct``, and inside every Ghost module and bottleneck;
-* :class:`FusedGhostModule` runs primary conv (+ReLU) -> cheap depthwise conv (+ReLU) -> concat with no
-  ``nn.Identity``/``nn.Sequential`` dispatch and no slice when the width is even;
-* :class:`FastGhostBottleneck` adds the shortcut *into the halves* of the projection (one pass instead of
-  ``cat`` + ``add``), uses ``hardsigmoid`` (one op instead of ``relu6(x + 3) / 6``) in the SE gate and,
-  at batch 1, folds the SE gate into the next 1x1 convolution's weight (``conv(x * g) == (w * g) x``),
-  which scales ``out x in`` weights instead of a ``C x H x W`` map.
+* :class:`FusedGhostModule` runs primary conv (+ReLU) -> cheap depthwise conv (+ReLU) with no
+  ``nn.Identity``/``nn.Sequential`` dispatch and can hand out its two halves without concatenating them;
+* :class:`FastGhostBottleneck` never concatenates: the expansion's halves go separately through the
+  depthwise conv and the SE block into the projection (a sum of two 1x1 convs), whose halves are added
+  *into* the shortcut; ``hardsigmoid`` is one op instead of ``relu6(x + 3) / 6`` and, at batch 1, the SE
+  gate is folded into the projection's weight (``conv(x * g) == (w * g) x``).
 
 Example:
     >>> import torch
@@ -42,6 +42,7 @@ __all__ = [
     "FastSqueezeExcite",
     "FusedGhostModule",
     "FusedGhostModuleV2",
+    "dfc_pool",
     "fold_bn",
     "fuse_model",
     "unfused_batchnorms",
@@ -108,8 +109,8 @@ def _fused_chain(*mods: nn.Module) -> list[nn.Conv2d]:
 class FusedGhostModule(nn.Module):
     """A :class:`~ghost_vision.models.layers.GhostModule` with folded BatchNorms.
 
-    ``forward`` returns ``cat([x1, cheap(x1)])[:, :out_chs]`` like the original; :meth:`forward_add` adds a
-    residual directly into the two halves.
+    ``forward`` returns ``cat([x1, cheap(x1)])[:, :out_chs]`` like the original; :meth:`split` returns the two
+    halves without concatenating them and :meth:`add_into` adds them into a residual half by half.
     """
 
     def __init__(self, src: GhostModule) -> None:
@@ -120,9 +121,8 @@ class FusedGhostModule(nn.Module):
         self.init_chs = self.primary.out_channels
         self.act = isinstance(src.primary_conv[-1], nn.ReLU)
 
-    def halves(self, x: Tensor, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        p = self.primary
-        x1 = p(x) if weight is None else F.conv2d(x, weight, p.bias)
+    def finish(self, x1: Tensor) -> tuple[Tensor, Tensor]:
+        """The halves from the primary conv's output (before its activation)."""
         if self.act:
             x1 = F.relu_(x1)
         x2 = self.cheap(x1)
@@ -132,15 +132,22 @@ class FusedGhostModule(nn.Module):
             x2 = x2[:, : self.out_chs - self.init_chs]
         return x1, x2
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cat(self.halves(x), dim=1)
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward(x)`` as its two halves (intrinsic, ghost maps), not concatenated."""
+        return self.finish(self.primary(x))
 
-    def forward_add(self, x: Tensor, residual: Tensor, *, reuse: bool, weight: Tensor | None = None) -> Tensor:
-        """``forward(x) + residual``; ``reuse=True`` writes into ``residual`` (a temporary of the caller)."""
-        x1, x2 = self.halves(x, weight)
-        n = self.init_chs
-        if torch.jit.is_tracing() or torch.jit.is_scripting():  # export: plain ops, no out= views
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat(self.split(x), dim=1)
+
+    def add_into(self, x1: Tensor, x2: Tensor, residual: Tensor, reuse: bool) -> Tensor:
+        """``cat([x1, x2]) + residual`` without the ``cat``; ``reuse=True`` writes into ``residual`` (a
+        temporary of the caller)."""
+        # plain ops for export/compile, and where autograd records (out= has no gradient)
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or x1.requires_grad or x2.requires_grad or (
+            residual.requires_grad
+        ):
             return torch.cat([x1, x2], dim=1) + residual
+        n = self.init_chs
         if reuse:
             residual[:, :n] += x1
             residual[:, n:] += x2
@@ -151,6 +158,13 @@ class FusedGhostModule(nn.Module):
         return out
 
 
+def dfc_pool(x: Tensor, pool: int) -> Tensor:
+    """The input of GhostNetV2's DFC attention branch: ``x`` averaged over ``pool x pool`` windows (maps
+    smaller than the window pool what they have)."""
+    window = (min(pool, x.shape[-2]), min(pool, x.shape[-1]))
+    return F.avg_pool2d(x, kernel_size=window, stride=window)
+
+
 class FusedGhostModuleV2(FusedGhostModule):
     """:class:`~ghost_vision.models.layers.GhostModuleV2` (DFC attention) with folded BatchNorms."""
 
@@ -159,18 +173,15 @@ class FusedGhostModuleV2(FusedGhostModule):
         self.pool = src.pool
         self.short_conv = nn.Sequential(*_fused_chain(*src.short_conv))
 
-    def _gate(self, x: Tensor, size: torch.Size) -> Tensor:
-        window = (min(self.pool, x.shape[-2]), min(self.pool, x.shape[-1]))
-        res = self.short_conv(F.avg_pool2d(x, kernel_size=window, stride=window))
+    def gate(self, x: Tensor, size: list[int]) -> Tensor:
+        """The DFC attention map for input ``x``, upsampled to ``size``."""
+        res = self.short_conv(dfc_pool(x, self.pool))
         return F.interpolate(torch.sigmoid(res), size=size, mode="nearest")
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = super().forward(x)
-        return out.mul_(self._gate(x, out.shape[-2:]))
-
-    def forward_add(self, x: Tensor, residual: Tensor, *, reuse: bool, weight: Tensor | None = None) -> Tensor:
-        out = torch.cat(self.halves(x, weight), dim=1).mul_(self._gate(x, residual.shape[-2:]))
-        return out.add_(residual)
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x1, x2 = self.finish(self.primary(x))
+        g = self.gate(x, [x1.shape[-2], x1.shape[-1]])
+        return x1 * g[:, : self.init_chs], x2 * g[:, self.init_chs :]
 
 
 class FastSqueezeExcite(nn.Module):
@@ -181,57 +192,88 @@ class FastSqueezeExcite(nn.Module):
         self.conv_reduce, self.conv_expand = src.conv_reduce, src.conv_expand
 
     def gate(self, x: Tensor) -> Tensor:
-        s = x.mean((2, 3), keepdim=True)
+        return self.gate_from_mean(x.mean((2, 3), keepdim=True))
+
+    def gate_from_mean(self, s: Tensor) -> Tensor:
         return F.hardsigmoid(self.conv_expand(F.relu_(self.conv_reduce(s))))
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gate(x)
 
 
-class FastGhostBottleneck(GhostBottleneck):
-    """A :class:`~ghost_vision.models.layers.GhostBottleneck` with folded BatchNorms, lean Ghost modules, the
-    residual added into the projection's halves and (batch 1) the SE gate folded into ``ghost2``'s weight.
+def _conv_slice(conv: nn.Conv2d, start: int, stop: int) -> nn.Conv2d:
+    """Output channels ``start:stop`` of a depthwise convolution, as a depthwise convolution."""
+    n = stop - start
+    out = nn.Conv2d(n, n, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=n,
+                    bias=conv.bias is not None)
+    out.weight = nn.Parameter(conv.weight.detach()[start:stop].clone(), requires_grad=False)
+    if conv.bias is not None:
+        out.bias = nn.Parameter(conv.bias.detach()[start:stop].clone(), requires_grad=False)
+    return out
 
-    Still an instance of ``GhostBottleneck`` with ``ghost1``/``forward_from_expansion`` (SSDLite taps the
-    expansion) and the same attribute names.
+
+class FastGhostBottleneck(GhostBottleneck):
+    """A :class:`~ghost_vision.models.layers.GhostBottleneck` with folded BatchNorms that never concatenates:
+    the expansion's two halves stay apart through the depthwise conv and the SE block and meet in the
+    projection's 1x1 conv as a sum of two convs (``W [a; b] == W_a a + W_b b``); the projection's halves are
+    added into the shortcut in place. At batch 1 the SE gate is folded into those 1x1 weights
+    (``conv(x * g) == (w * g) x``), scaling ``out x in`` weights instead of a ``C x H x W`` map.
+
+    Concatenating a channels-last map copies it pixel by pixel; avoiding it is what makes this block faster
+    than the plain one at every batch size. Still an instance of ``GhostBottleneck`` with ``ghost1``,
+    ``conv_dw``, ``se``, ``ghost2``, ``shortcut`` and ``forward_from_expansion`` (SSDLite taps the expansion).
     """
 
     def __init__(self, src: GhostBottleneck, *, fold_se: bool = True) -> None:
         nn.Module.__init__(self)
-        self.stride, self.has_dw, self.fold_se = src.stride, src.has_dw, fold_se
+        self.stride, self.has_dw = src.stride, src.has_dw
         self.ghost1 = _fast(src.ghost1)
         self.conv_dw = fold_bn(src.conv_dw, src.bn_dw) if src.conv_dw is not None else None
         self.bn_dw = None
         self.se = FastSqueezeExcite(src.se) if src.se is not None else None
         self.ghost2 = _fast(src.ghost2)
         self.shortcut = nn.Sequential(*_fused_chain(*src.shortcut))
+        self.fold_se = fold_se
+        n, mid = self.ghost1.init_chs, self.ghost1.out_chs
+        self.dw_a = _conv_slice(self.conv_dw, 0, n) if self.conv_dw is not None else None
+        self.dw_b = _conv_slice(self.conv_dw, n, mid) if self.conv_dw is not None else None
+        w = self.ghost2.primary.weight.detach()
+        self.proj_a = nn.Parameter(w[:, :n].clone(), requires_grad=False)
+        self.proj_b = nn.Parameter(w[:, n:].clone(), requires_grad=False)
+        # a v2 projection's DFC attention needs the whole expansion (GhostBottleneck never builds one)
+        self.split_proj = not isinstance(self.ghost2, FusedGhostModuleV2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._finish(x, self.ghost1(x), self.conv_dw, self.se, None)
+        a, b = self.ghost1.split(x)
+        return self._finish(x, a, b)
 
     def forward_from_expansion(self, x: Tensor, mid: Tensor) -> Tensor:
-        return self._finish(x, mid, self.conv_dw, self.se, None)
+        n = self.ghost1.init_chs
+        return self._finish(x, mid[:, :n], mid[:, n:])
 
-    def _finish(
-        self, x: Tensor, mid: Tensor, conv_dw: nn.Module | None, se: FastSqueezeExcite | None,
-        weight: Tensor | None,
-    ) -> Tensor:
-        if conv_dw is not None:
-            mid = conv_dw(mid)
+    def _finish(self, x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        n = self.ghost1.init_chs
+        if self.dw_a is not None and self.dw_b is not None:
+            a, b = self.dw_a(a), self.dw_b(b)
+        wa, wb = self.proj_a, self.proj_b
+        se = self.se
         if se is not None:
-            if (
-                self.fold_se
-                and mid.shape[0] == 1
-                and not isinstance(self.ghost2, FusedGhostModuleV2)
-                and not torch.jit.is_tracing()  # a traced graph must not bake in the batch size
-            ):
-                gate = se.gate(mid)  # (1, C, 1, 1) scales the input channels of the 1x1 conv
-                weight = (self.ghost2.primary.weight if weight is None else weight) * gate.view(1, -1, 1, 1)
+            s = torch.cat([a.mean((2, 3), keepdim=True), b.mean((2, 3), keepdim=True)], dim=1)
+            gate = se.gate_from_mean(s)
+            # a traced graph must not bake in the batch size; scripting keeps the test
+            if self.fold_se and self.split_proj and a.shape[0] == 1 and not torch.jit.is_tracing():
+                wa = wa * gate[:, :n].reshape(1, n, 1, 1)
+                wb = wb * gate[:, n:].reshape(1, -1, 1, 1)
             else:
-                mid = se(mid)
-        if len(self.shortcut) == 0:
-            return self.ghost2.forward_add(mid, x, reuse=False, weight=weight)
-        return self.ghost2.forward_add(mid, self.shortcut(x), reuse=True, weight=weight)
+                a, b = a * gate[:, :n], b * gate[:, n:]
+        g2 = self.ghost2
+        residual = x if len(self.shortcut) == 0 else self.shortcut(x)
+        if not self.split_proj:
+            mid = torch.cat([a, b], dim=1)
+            return g2.forward(mid) + residual
+        p = F.conv2d(a, wa, g2.primary.bias) + F.conv2d(b, wb)
+        x1, x2 = g2.finish(p)
+        return g2.add_into(x1, x2, residual, len(self.shortcut) > 0)
 
 
 def _fast(m: GhostModule) -> FusedGhostModule:
@@ -278,4 +320,6 @@ def fuse_model(model: nn.Module, *, inplace: bool = False, fold_se: bool = True)
     if isinstance(model, (GhostBottleneck, GhostModule)):
         raise TypeError("pass a model containing Ghost blocks, not a bare block (it cannot be replaced in place)")
     _rewrite(model, fold_se)
-    return model
+    for p in model.parameters():  # inference only: folded weights are not the trained parameters any more
+        p.requires_grad_(False)
+    return model.eval()  # the modules built by the rewrite start in training mode

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ghost_vision.deploy import optimize
+from ghost_vision.deploy import optimize, optimize_for_onnx
 from ghost_vision.deploy.export import export_onnx, export_torchscript, exportable
 from ghost_vision.models import create_ghostnet
 
@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime")
 def test_onnx_classifier_dynamic(tmp_path: Path, fast: bool) -> None:
     model = create_ghostnet("ghostnet_050", num_classes=7).eval()
     if fast:
-        model = optimize(model, channels_last=False, fold_se=False)
+        model = optimize_for_onnx(model)
     rep = export_onnx(model, torch.rand(1, 3, 96, 96), tmp_path / "g.onnx")
     assert rep["dynamic_batch"] and rep["dynamic_size"]
     assert rep["max_abs_diff"] < 1e-4
@@ -31,14 +31,14 @@ def test_onnx_classifier_dynamic(tmp_path: Path, fast: bool) -> None:
 
 def test_onnx_features_v2(tmp_path: Path) -> None:
     model = create_ghostnet("ghostnetv2_100", features_only=True).eval()
-    rep = export_onnx(optimize(model, fold_se=False), torch.rand(1, 3, 128, 128), tmp_path / "f.onnx")
+    rep = export_onnx(optimize_for_onnx(model), torch.rand(1, 3, 128, 128), tmp_path / "f.onnx")
     assert len(rep["outputs"]) == 4 and rep["max_abs_diff"] < 1e-4
 
 
 def test_fast_path_traces_without_batch_baked_in() -> None:
     """fold_se is a batch-1 eager trick; a trace must stay valid for other batch sizes."""
     model = create_ghostnet("ghostnet_050", num_classes=5).eval()
-    fast = optimize(model)
+    fast = optimize(model, script=False)
     with torch.no_grad():
         traced = torch.jit.trace(fast, torch.rand(1, 3, 64, 64), check_trace=False)
         x = torch.rand(3, 3, 64, 64)

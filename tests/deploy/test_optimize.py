@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import pytest
 import torch
@@ -52,11 +53,33 @@ def _assert_close(ref, got, atol: float = 1e-4) -> None:
         assert diff <= atol * scale, f"max abs diff {diff:.3g} (output magnitude {scale:.3g})"
 
 
+class _Both(nn.Module):
+    """Runs the eager and the frozen-TorchScript fast paths and checks that they agree (to 1e-5)."""
+
+    def __init__(self, eager: nn.Module, frozen: nn.Module) -> None:
+        super().__init__()
+        self.eager, self.frozen = eager, frozen
+
+    def forward(self, *args):
+        out, frozen = self.eager(*args), self.frozen(*args)
+        if not (isinstance(out, list) and out and isinstance(out[0], dict)):  # detections: NMS ties may flip
+            _assert_close(out, frozen, atol=1e-5)
+        return out
+
+
 def _pair(model: nn.Module, **kwargs) -> tuple[nn.Module, nn.Module]:
+    """(plain model, fast path): the fast path's calls run both ``script=False`` and ``script=True``."""
     model = _randomize_bn(model).eval()
-    fast = optimize(model, **kwargs)
-    assert unfused_batchnorms(fast) == []
-    return model, fast
+    eager = optimize(model, script=False, **kwargs)
+    assert unfused_batchnorms(eager) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every part of every builder must script (no eager fallback)
+        frozen = optimize(model, **kwargs)
+    assert any(isinstance(m, torch.jit.ScriptModule) for m in [frozen, *frozen.modules()])
+    for name in ("backbone", "head"):  # detectors: the Python model stays, its network parts are frozen
+        if hasattr(eager, name) and hasattr(eager, "transform"):
+            assert isinstance(getattr(frozen, name), torch.jit.ScriptModule), name
+    return model, _Both(eager, frozen)
 
 
 def _builder(module: str, name: str):
@@ -85,8 +108,8 @@ def test_features(name: str, kwargs: dict) -> None:
     x = torch.rand(1, 3, 97, 131)  # odd size: padding and ceil modes
     with torch.inference_mode():
         _assert_close(model(x), fast(x))
-    assert any(isinstance(m, FastGhostBottleneck) for m in fast.modules())
-    assert not any(type(m) is GhostModule for m in fast.modules())
+    assert any(isinstance(m, FastGhostBottleneck) for m in fast.eager.modules())
+    assert not any(type(m) is GhostModule for m in fast.eager.modules())
 
 
 @pytest.mark.parametrize("channels_last,fold_se", [(False, False), (True, True), (False, True)])
@@ -95,14 +118,14 @@ def test_options(channels_last: bool, fold_se: bool) -> None:
     x = torch.rand(1, 3, 64, 64)
     with torch.inference_mode():
         _assert_close(model(x), fast(x))
-    assert fast.conv_stem.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert fast.eager.conv_stem.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
 def test_odd_width_and_standalone_modules() -> None:
     """Odd Ghost widths take the slice path; fused modules keep the GhostModule contract."""
     block = _randomize_bn(GhostBottleneck(13, 27, 17, 3, stride=2, se_ratio=0.25)).eval()
     holder = nn.Sequential(block).eval()
-    fast = optimize(holder, channels_last=False)
+    fast = optimize(holder, channels_last=False, script=False)
     assert isinstance(fast[0], GhostBottleneck) and isinstance(fast[0].ghost1, FusedGhostModule)
     x = torch.rand(2, 13, 15, 15)
     with torch.inference_mode():
@@ -130,7 +153,7 @@ def test_training_mode_raises_and_copy_semantics() -> None:
     fast = optimize(model)
     assert fast is not model
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert optimize(model, inplace=True) is model
+    assert optimize(model, inplace=True, script=False) is model
     assert unfused_batchnorms(model) == []
 
 
@@ -162,7 +185,9 @@ def test_detectors(name: str) -> None:
     model, fast = _pair(build(num_classes=5, **kwargs))
     x = torch.rand(1, 3, 320, 320)
     with torch.inference_mode():
-        _assert_close(_detector_network_outputs(model, x), _detector_network_outputs(fast, x))
+        ref = _detector_network_outputs(model, x)
+        _assert_close(ref, _detector_network_outputs(fast.eager, x))
+        _assert_close(ref, _detector_network_outputs(fast.frozen, x))
         dets = fast([torch.rand(3, 300, 340)])
     assert set(dets[0]) >= {"boxes", "labels", "scores"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from functools import partial
-from typing import Any
+from typing import Any, Dict, List  # noqa: UP035 - TorchScript reads these annotations
 
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
@@ -48,22 +48,26 @@ class SSDLiteFeatureExtractorGhostNet(nn.Module):
         )
         _normal_init(self.extra)
 
-    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        body = self.body
-        x = body.forward_stem(x)
-        for stage in body.blocks[:_TAP_STAGE]:
-            x = stage(x)
-        tap = body.blocks[_TAP_STAGE][0]
-        mid = tap.ghost1(x)
-        output = [mid]
-        x = tap.forward_from_expansion(x, mid)
-        for stage in body.blocks[_TAP_STAGE + 1 :]:
-            x = stage(x)
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:  # noqa: UP006 - an OrderedDict; typed for TorchScript
+        x = self.body.forward_stem(x)
+        output: List[Tensor] = []  # noqa: UP006
+        for idx, stage in enumerate(self.body.blocks):
+            if idx != 7:  # _TAP_STAGE (TorchScript cannot read module-level ints)
+                x = stage(x)
+            else:
+                for tap in stage:  # a single bottleneck: tap its expansion, then finish it
+                    if hasattr(tap, "forward_from_expansion"):  # static in TorchScript: skips ConvBnAct
+                        mid = tap.ghost1(x)
+                        output.append(mid)
+                        x = tap.forward_from_expansion(x, mid)
         output.append(x)
         for block in self.extra:
             x = block(x)
             output.append(x)
-        return OrderedDict((str(i), v) for i, v in enumerate(output))
+        out: Dict[str, Tensor] = OrderedDict()  # noqa: UP006
+        for i, v in enumerate(output):
+            out[str(i)] = v
+        return out
 
 
 class SSDHeadOutputs(nn.Module):
