@@ -43,6 +43,7 @@ from ghost_vision.deploy.bench import (  # noqa: E402
     count_macs,
     count_params,
     interleaved,
+    ort_op_profile,
     ratio_summary,
     train_step_subprocess,
 )
@@ -99,7 +100,8 @@ def _timing(name: str, fns: dict[str, Any], rounds: int, batch: int) -> dict[str
     return out
 
 
-def _onnx(name: str, pair: dict[str, Any], ghost, peer, rounds: int, threads: int, tmp: Path) -> dict[str, Any]:
+def _onnx(name: str, pair: dict[str, Any], ghost, peer, rounds: int, threads: int, tmp: Path,
+          profile: bool = False) -> dict[str, Any]:
     """Both models exported the same way: ``optimize_for_onnx`` (BatchNorm folding for both; the Ghost
     rewrites touch only Ghost blocks) -> the legacy exporter -> onnxruntime with all graph optimizations."""
     sessions, reports = {}, {}
@@ -113,8 +115,11 @@ def _onnx(name: str, pair: dict[str, Any], ghost, peer, rounds: int, threads: in
     fns = {k: (lambda s=s: s.run(None, {"images": x})) for k, s in sessions.items()}
     with tqdm(total=rounds, desc=f"{name} onnxruntime", leave=False) as bar:
         times = interleaved(fns, rounds, warmup=2, progress=bar)
-    return {"export": reports, "median_ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
-            "ratio": ratio_summary(times, "ghost", "peer")}
+    out = {"export": reports, "median_ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+           "ratio": ratio_summary(times, "ghost", "peer")}
+    if profile:
+        out["profile_ms"] = {k: ort_op_profile(tmp / f"{name}_{k}.onnx", x, threads) for k in sessions}
+    return out
 
 
 def _profile(fns: dict[str, Any], keys: tuple[str, ...], runs: int = 3) -> dict[str, list[dict[str, Any]]]:
@@ -187,6 +192,12 @@ def _md(results: dict[str, Any]) -> str:
         if "median_ms" in r.get("onnxruntime", {}):
             lines.append(f"- {name} onnxruntime b1 median ms: " + ", ".join(
                 f"{k} {v:.1f}" for k, v in r["onnxruntime"]["median_ms"].items()))
+        for key, prof in r.get("onnxruntime", {}).get("profile_ms", {}).items():
+            lines.append(f"- {name} onnxruntime profile, {key} (ms/run): " + ", ".join(
+                f"{op} {ms:.2f}" for op, ms in list(prof.items())[:8]))
+        for key, rows in r.get("profile", {}).items():
+            lines.append(f"- {name} torch profile, {key} (ms/run): " + ", ".join(
+                f"{row['op']} {row['self_ms_per_run']:.2f}" for row in rows[:8]))
         if "train" in r and "ghost" in r["train"]:
             t = r["train"]
             lines.append(f"- {name} training step (batch {t['ghost']['batch']}): {t['ghost']['step_s']:.2f} s vs "
@@ -211,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data-images", type=int, default=256)
     p.add_argument("--quick", action="store_true", help="few rounds, small batches (CI smoke run)")
     p.add_argument("--skip", nargs="*", default=[], choices=["batch8", "onnx", "train", "data"])
-    p.add_argument("--profile", action="store_true", help="torch.profiler top ops of ghost_fast and the peer")
+    p.add_argument("--profile", action="store_true",
+                   help="top ops of ghost_fast and the peer (torch.profiler) and onnxruntime's per-op profile")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.train_batch, args.data_images = 3, 2, 8
@@ -249,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if "onnx" not in args.skip:
                 try:
                     ort_rounds = args.rounds if args.quick else 3 * args.rounds  # ORT runs are short
-                    r["onnxruntime"] = _onnx(name, pair, ghost, peer, ort_rounds, args.threads, tmp)
+                    r["onnxruntime"] = _onnx(name, pair, ghost, peer, ort_rounds, args.threads, tmp, args.profile)
                 except Exception as exc:  # noqa: BLE001 - report and go on with the other measurements
                     r["onnxruntime"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             if pair["kind"] == "det" and "train" not in args.skip:

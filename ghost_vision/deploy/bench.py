@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["PAIRS", "build", "count_params", "count_macs", "interleaved", "ratio_summary", "train_step",
-           "train_step_subprocess", "peak_rss_mb"]
+           "train_step_subprocess", "peak_rss_mb", "ort_op_profile"]
 
 
 def _det_images(size: int) -> Callable[[int], list[Tensor]]:
@@ -213,3 +213,41 @@ def train_step_subprocess(pair: str, which: str, batch: int, threads: int, steps
         if line.startswith("@@"):
             return json.loads(line[2:])
     raise RuntimeError(f"training-step subprocess failed ({proc.returncode}): {proc.stderr[-2000:]}")
+
+
+def ort_op_profile(path: str | os.PathLike, x: Any, threads: int, runs: int = 20) -> dict[str, float]:
+    """onnxruntime's own profiler: milliseconds per run by operator, after its graph optimizations.
+
+    Convolutions are split into ``Conv (depthwise)`` and ``Conv (other)`` by their ``group`` attribute in
+    the optimized graph (where onnxruntime has already swapped in its NCHWc kernels and reorder nodes).
+    """
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(tmp, "ort")
+        opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            sess.run(None, {"images": x})
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+        depthwise = {
+            node.name for node in onnx.load(opts.optimized_model_filepath).graph.node
+            if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
+        }
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        op = e["args"]["op_name"]
+        if op == "Conv":
+            op = "Conv (depthwise)" if e["name"][: -len("_kernel_time")] in depthwise else "Conv (other)"
+        totals[op] = totals.get(op, 0.0) + e["dur"] / 1e3 / runs
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))

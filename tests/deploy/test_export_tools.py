@@ -78,13 +78,16 @@ def test_export_cli(tmp_path: Path) -> None:
 def test_benchmark_quick(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "benchmark.py"), "--quick", "--pairs", "backbone",
-         "--skip", "batch8", "data", "--rounds", "2", "--out", str(tmp_path)],
+         "--skip", "batch8", "data", "--rounds", "2", "--profile", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "benchmark.json").read_text())
     pair = results["pairs"]["backbone"]
-    assert pair["mac_ratio"] > 0 and set(pair["batch1"]["median_ms"]) >= {"ghost_eager", "ghost_fast",
-                                                                          "peer_channels_last"}
+    assert pair["mac_ratio"] > 0 and set(pair["batch1"]["median_ms"]) >= {
+        "ghost_eager", "ghost_fast", "ghost_fast_eager", "peer_channels_last", "peer_frozen"}
     assert "ratio" in pair["onnxruntime"], pair["onnxruntime"]
+    ort_profile = pair["onnxruntime"]["profile_ms"]["ghost"]
+    assert ort_profile["Conv (depthwise)"] > 0 and ort_profile["Conv (other)"] > 0
+    assert {row["op"] for row in pair["profile"]["ghost_fast"]}  # torch.profiler rows
     assert "| backbone" in (tmp_path / "benchmark.md").read_text()
