@@ -265,13 +265,13 @@ class FastGhostBottleneck(GhostBottleneck):
                 wa = wa * gate[:, :n].reshape(1, n, 1, 1)
                 wb = wb * gate[:, n:].reshape(1, -1, 1, 1)
             else:
-                a, b = a * gate[:, :n], b * gate[:, n:]
+                a, b = a * gate[:, :n], b * gate[:, n:]  # not in place: a/b may be a tapped expansion
         g2 = self.ghost2
         residual = x if len(self.shortcut) == 0 else self.shortcut(x)
         if not self.split_proj:
             mid = torch.cat([a, b], dim=1)
             return g2.forward(mid) + residual
-        p = F.conv2d(a, wa, g2.primary.bias) + F.conv2d(b, wb)
+        p = F.conv2d(a, wa, g2.primary.bias).add_(F.conv2d(b, wb))  # in place: a fresh conv output
         x1, x2 = g2.finish(p)
         return g2.add_into(x1, x2, residual, len(self.shortcut) > 0)
 

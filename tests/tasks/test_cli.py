@@ -120,6 +120,19 @@ def test_infer_writes_pictures(ssdlite_run, tmp_path):
         from PIL import Image
 
         assert drawn.shape[0] == 3 and tuple(drawn.shape[1:]) == Image.open(src).size[::-1]
+    fast = run_tool("infer", "--ckpt_path", str(ssdlite_run["last"]), *map(str, images),
+                    "--out", str(tmp_path / "fast"), "--score_thresh", "0.0", "--fast")
+    assert [decode_png(read_file(str(p))).shape for p in fast] == [decode_png(read_file(str(p))).shape for p in written]
+    # the optimized path predicts what the trained model predicts (top scores; NMS ties may reorder the tail)
+    from ghost_vision.deploy import optimize
+
+    model = load_task(ssdlite_run["last"]).eval().model
+    image = torch.rand(3, 240, 300)
+    with torch.inference_mode():
+        ref, got = model([image])[0], optimize(model)([image])[0]
+    assert len(ref["scores"]) >= 5, "the tiny run should still propose boxes above SSD's 0.01 score floor"
+    torch.testing.assert_close(got["scores"][:20], ref["scores"][:20], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got["boxes"][:5], ref["boxes"][:5], atol=1e-2, rtol=1e-4)
 
 
 def test_eval_needs_an_existing_checkpoint(ssdlite_run, tmp_path):
