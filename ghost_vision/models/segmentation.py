@@ -153,7 +153,9 @@ class _GhostSegmentationModel(nn.Module):
 
     @staticmethod
     def _resize(logits: Tensor, size: Sequence[int]) -> Tensor:
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        # NCHW in and out: few-channel bilinear upsampling is faster in NCHW than channels-last (which
+        # the fast path's convolutions return), and callers get a plain contiguous map
+        return F.interpolate(logits.contiguous(), size=size, mode="bilinear", align_corners=False)
 
 
 class GhostDeepLabV3(_GhostSegmentationModel):
