@@ -91,3 +91,19 @@ def test_benchmark_quick(tmp_path: Path) -> None:
     assert ort_profile["Conv (depthwise)"] > 0 and ort_profile["Conv (other)"] > 0
     assert {row["op"] for row in pair["profile"]["ghost_fast"]}  # torch.profiler rows
     assert "| backbone" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_gpu_check_runs_on_cpu(tmp_path: Path) -> None:
+    """tools/gpu_check.py's code path (AMP steps, interleaved timing, JSON) as a CPU smoke run."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "gpu_check.py"), "--device", "cpu", "--quick",
+         "--pairs", "ssdlite320", "lraspp", "--out", str(tmp_path / "gpu.json")],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((tmp_path / "gpu.json").read_text())
+    assert info["device"] == "cpu" and [r["pair"] for r in info["results"]] == ["ssdlite320", "lraspp"]
+    for r in info["results"]:
+        assert "error" not in r, r
+        assert r["train_ratio"] > 0 and r["latency_b1_ms_ratio"] > 0 and r["batch_ms_ratio"] > 0
+    assert "inference at batch 1" in proc.stdout  # progress lines
