@@ -34,7 +34,15 @@ from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..models.ghostnet import _GhostTrunk
-from ..models.layers import ConvBnAct, GhostBottleneck, GhostModule, GhostModuleV2, SqueezeExcite
+from ..models.layers import (
+    ConvBnAct,
+    GhostBottleneck,
+    GhostModule,
+    GhostModuleV2,
+    SqueezeExcite,
+    dfc_gate,
+    dfc_pool,
+)
 
 __all__ = [
     "BN_TYPES",
@@ -42,7 +50,6 @@ __all__ = [
     "FastSqueezeExcite",
     "FusedGhostModule",
     "FusedGhostModuleV2",
-    "dfc_pool",
     "fold_bn",
     "fuse_model",
     "unfused_batchnorms",
@@ -158,13 +165,6 @@ class FusedGhostModule(nn.Module):
         return out
 
 
-def dfc_pool(x: Tensor, pool: int) -> Tensor:
-    """The input of GhostNetV2's DFC attention branch: ``x`` averaged over ``pool x pool`` windows (maps
-    smaller than the window pool what they have)."""
-    window = (min(pool, x.shape[-2]), min(pool, x.shape[-1]))
-    return F.avg_pool2d(x, kernel_size=window, stride=window)
-
-
 class FusedGhostModuleV2(FusedGhostModule):
     """:class:`~ghost_vision.models.layers.GhostModuleV2` (DFC attention) with folded BatchNorms."""
 
@@ -175,8 +175,7 @@ class FusedGhostModuleV2(FusedGhostModule):
 
     def gate(self, x: Tensor, size: list[int]) -> Tensor:
         """The DFC attention map for input ``x``, upsampled to ``size``."""
-        res = self.short_conv(dfc_pool(x, self.pool))
-        return F.interpolate(torch.sigmoid(res), size=size, mode="nearest")
+        return dfc_gate(self.short_conv(dfc_pool(x, self.pool)), size)
 
     def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x1, x2 = self.finish(self.primary(x))

@@ -34,13 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.layers import GhostBottleneck
+from ..models.layers import GhostBottleneck, dfc_gate, dfc_pool
 from .fuse import (
     FastGhostBottleneck,
     FastSqueezeExcite,
     FusedGhostModule,
     FusedGhostModuleV2,
-    dfc_pool,
     fuse_model,
 )
 
@@ -79,8 +78,7 @@ class ConcatFreeGhostModule(nn.Module):
         if self.act:
             out = F.relu(out)
         if self.short_conv is not None:
-            gate = torch.sigmoid(self.short_conv(dfc_pool(x, self.pool)))
-            out = out * F.interpolate(gate, size=[out.shape[-2], out.shape[-1]], mode="nearest")
+            out = out * dfc_gate(self.short_conv(dfc_pool(x, self.pool)), [out.shape[-2], out.shape[-1]])
         return out
 
 

@@ -19,6 +19,8 @@ from torch import Tensor, nn
 __all__ = [
     "make_divisible",
     "hard_sigmoid",
+    "dfc_pool",
+    "dfc_gate",
     "SqueezeExcite",
     "ConvBnAct",
     "GhostModule",
@@ -53,6 +55,18 @@ def _dw_conv(channels: int, kernel: int | tuple[int, int], stride: int = 1, dila
         groups=channels,
         bias=False,
     )
+
+
+def dfc_pool(x: Tensor, pool: int) -> Tensor:
+    """The input of GhostNetV2's DFC attention branch: ``x`` averaged over ``pool x pool`` windows. Maps
+    smaller than the window (tiny inputs) pool what they have instead of failing."""
+    window = (min(pool, x.shape[-2]), min(pool, x.shape[-1]))
+    return F.avg_pool2d(x, kernel_size=window, stride=window)
+
+
+def dfc_gate(res: Tensor, size: list[int]) -> Tensor:
+    """The DFC attention map: the branch's output ``res`` through a sigmoid, upsampled (nearest) to ``size``."""
+    return F.interpolate(torch.sigmoid(res), size=size, mode="nearest")
 
 
 class SqueezeExcite(nn.Module):
@@ -139,11 +153,9 @@ class GhostModuleV2(GhostModule):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        # Maps smaller than the window (tiny inputs) pool what they have instead of failing.
-        window = (min(self.pool, x.shape[-2]), min(self.pool, x.shape[-1]))
-        res = self.short_conv(F.avg_pool2d(x, kernel_size=window, stride=window))
+        res = self.short_conv(dfc_pool(x, self.pool))
         out = self.ghost(x)
-        return out * F.interpolate(torch.sigmoid(res), size=out.shape[-2:], mode="nearest")
+        return out * dfc_gate(res, [out.shape[-2], out.shape[-1]])
 
 
 class GhostBottleneck(nn.Module):
