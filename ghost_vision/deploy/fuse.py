@@ -236,11 +236,12 @@ class FastGhostBottleneck(GhostBottleneck):
         n, mid = self.ghost1.init_chs, self.ghost1.out_chs
         self.dw_a = _conv_slice(self.conv_dw, 0, n) if self.conv_dw is not None else None
         self.dw_b = _conv_slice(self.conv_dw, n, mid) if self.conv_dw is not None else None
+        if isinstance(self.ghost2, FusedGhostModuleV2):  # GhostBottleneck never builds one
+            raise TypeError("a GhostModuleV2 projection's DFC attention needs the whole expansion; "
+                            "FastGhostBottleneck computes the projection from the two halves")
         w = self.ghost2.primary.weight.detach()
         self.proj_a = nn.Parameter(w[:, :n].clone(), requires_grad=False)
         self.proj_b = nn.Parameter(w[:, n:].clone(), requires_grad=False)
-        # a v2 projection's DFC attention needs the whole expansion (GhostBottleneck never builds one)
-        self.split_proj = not isinstance(self.ghost2, FusedGhostModuleV2)
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.ghost1.split(x)
@@ -260,16 +261,13 @@ class FastGhostBottleneck(GhostBottleneck):
             s = torch.cat([a.mean((2, 3), keepdim=True), b.mean((2, 3), keepdim=True)], dim=1)
             gate = se.gate_from_mean(s)
             # a traced graph must not bake in the batch size; scripting keeps the test
-            if self.fold_se and self.split_proj and a.shape[0] == 1 and not torch.jit.is_tracing():
+            if self.fold_se and a.shape[0] == 1 and not torch.jit.is_tracing():
                 wa = wa * gate[:, :n].reshape(1, n, 1, 1)
                 wb = wb * gate[:, n:].reshape(1, -1, 1, 1)
             else:
                 a, b = a * gate[:, :n], b * gate[:, n:]  # not in place: a/b may be a tapped expansion
         g2 = self.ghost2
         residual = x if len(self.shortcut) == 0 else self.shortcut(x)
-        if not self.split_proj:
-            mid = torch.cat([a, b], dim=1)
-            return g2.forward(mid) + residual
         p = F.conv2d(a, wa, g2.primary.bias).add_(F.conv2d(b, wb))  # in place: a fresh conv output
         x1, x2 = g2.finish(p)
         return g2.add_into(x1, x2, residual, len(self.shortcut) > 0)

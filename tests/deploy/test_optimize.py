@@ -212,3 +212,13 @@ def test_every_public_builder_is_covered() -> None:
             continue
         builders = {n for n in getattr(mod, "__all__", []) if n.islower() and "ghostnet" in n}
         assert builders <= covered, f"builders without an optimize() test: {sorted(builders - covered)}"
+
+
+def test_v2_projection_is_refused() -> None:
+    """The concat-free projection needs a plain ghost2; a hand-assembled v2 one gets a clear error."""
+    from ghost_vision.models.layers import GhostModuleV2
+
+    block = GhostBottleneck(16, 32, 16, 3)
+    block.ghost2 = GhostModuleV2(32, 16, use_act=False)
+    with pytest.raises(TypeError, match="DFC attention needs the whole expansion"):
+        FastGhostBottleneck(block.eval())
