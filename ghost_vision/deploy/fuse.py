@@ -200,14 +200,19 @@ class FastSqueezeExcite(nn.Module):
         return x * self.gate(x)
 
 
+def frozen_param(t: Tensor) -> nn.Parameter:
+    """A detached copy of ``t`` as an inference-only parameter (no gradient)."""
+    return nn.Parameter(t.detach().clone(), requires_grad=False)
+
+
 def _conv_slice(conv: nn.Conv2d, start: int, stop: int) -> nn.Conv2d:
     """Output channels ``start:stop`` of a depthwise convolution, as a depthwise convolution."""
     n = stop - start
     out = nn.Conv2d(n, n, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=n,
                     bias=conv.bias is not None)
-    out.weight = nn.Parameter(conv.weight.detach()[start:stop].clone(), requires_grad=False)
+    out.weight = frozen_param(conv.weight[start:stop])
     if conv.bias is not None:
-        out.bias = nn.Parameter(conv.bias.detach()[start:stop].clone(), requires_grad=False)
+        out.bias = frozen_param(conv.bias[start:stop])
     return out
 
 
@@ -239,9 +244,8 @@ class FastGhostBottleneck(GhostBottleneck):
         if isinstance(self.ghost2, FusedGhostModuleV2):  # GhostBottleneck never builds one
             raise TypeError("a GhostModuleV2 projection's DFC attention needs the whole expansion; "
                             "FastGhostBottleneck computes the projection from the two halves")
-        w = self.ghost2.primary.weight.detach()
-        self.proj_a = nn.Parameter(w[:, :n].clone(), requires_grad=False)
-        self.proj_b = nn.Parameter(w[:, n:].clone(), requires_grad=False)
+        w = self.ghost2.primary.weight
+        self.proj_a, self.proj_b = frozen_param(w[:, :n]), frozen_param(w[:, n:])
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = self.ghost1.split(x)

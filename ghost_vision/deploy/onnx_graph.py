@@ -40,14 +40,11 @@ from .fuse import (
     FastSqueezeExcite,
     FusedGhostModule,
     FusedGhostModuleV2,
+    frozen_param,
     fuse_model,
 )
 
 __all__ = ["ConcatFreeGhostModule", "OnnxGhostBottleneck", "optimize_for_onnx"]
-
-
-def _param(t: Tensor) -> nn.Parameter:
-    return nn.Parameter(t.detach().clone(), requires_grad=False)
 
 
 class ConcatFreeGhostModule(nn.Module):
@@ -59,13 +56,13 @@ class ConcatFreeGhostModule(nn.Module):
         m = out - n  # ghost maps kept (n, or n - 1 for odd widths)
         p, c = src.primary, src.cheap
         self.primary = nn.Conv2d(p.in_channels, out, 1)
-        self.primary.weight = _param(torch.cat([p.weight, p.weight[:m]]))
-        self.primary.bias = _param(torch.cat([p.bias, p.bias[:m]]))
+        self.primary.weight = frozen_param(torch.cat([p.weight, p.weight[:m]]))
+        self.primary.bias = frozen_param(torch.cat([p.bias, p.bias[:m]]))
         self.cheap = nn.Conv2d(out, out, c.kernel_size, padding=c.padding, dilation=c.dilation, groups=out)
         delta = torch.zeros(n, 1, *c.kernel_size, dtype=c.weight.dtype)
         delta[:, :, c.kernel_size[0] // 2, c.kernel_size[1] // 2] = 1.0
-        self.cheap.weight = _param(torch.cat([delta, c.weight[:m]]))
-        self.cheap.bias = _param(torch.cat([torch.zeros(n, dtype=c.bias.dtype), c.bias[:m]]))
+        self.cheap.weight = frozen_param(torch.cat([delta, c.weight[:m]]))
+        self.cheap.bias = frozen_param(torch.cat([torch.zeros(n, dtype=c.bias.dtype), c.bias[:m]]))
         self.act = src.act
         self.short_conv = src.short_conv if isinstance(src, FusedGhostModuleV2) else None
         self.pool = src.pool if isinstance(src, FusedGhostModuleV2) else 0
