@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ._target import Transforms, image_to_tensor
-from .io import DataError, SkipCorrupt, read_image, read_label_png
+from .io import DataError, SkipCorrupt, SkippingDataset, read_image, read_label_png
 
 __all__ = ["CITYSCAPES_CLASSES", "CITYSCAPES_LABELS", "CityscapesSegmentation", "label_ids_to_train_ids"]
 
@@ -42,7 +41,7 @@ def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
     return np.where(valid, _LUT[np.clip(label_ids, 0, 255)], 255).astype(np.uint8)
 
 
-class CityscapesSegmentation(Dataset):
+class CityscapesSegmentation(SkippingDataset):
     """Cityscapes fine annotations: ``(image float32 3xHxW, mask int64 HxW)`` with train ids, 255 ignored.
 
     Images are ``root/leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png``, labels
@@ -83,14 +82,6 @@ class CityscapesSegmentation(Dataset):
     def label_path(self, index: int) -> Path:
         city, stem = self.ids[index].split("/", 1)
         return self.root / "gtFine" / self.split / city / f"{stem}_gtFine_labelIds.png"
-
-    @property
-    def num_skipped(self) -> int:
-        """Corrupt samples skipped so far in this process (``skip_corrupt=True``)."""
-        return self._skip.num_skipped
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = read_image(self.images[index])

@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from torch.utils.data import Dataset
 
 from ._target import Transforms, finalize_detection, to_tensor_target
-from .io import DataError, SkipCorrupt, read_image, require_file
+from .io import DataError, SkipCorrupt, SkippingDataset, read_image, require_file
 
 __all__ = ["CocoDetection", "load_coco_json"]
 
@@ -47,7 +46,7 @@ def load_coco_json(ann_file: str | Path) -> COCO:
     return coco
 
 
-class CocoDetection(Dataset):
+class CocoDetection(SkippingDataset):
     """COCO-format detection dataset (pycocotools-based).
 
     Labels are the **sorted** category ids mapped to ``1..K`` (0 is background), so
@@ -103,14 +102,6 @@ class CocoDetection(Dataset):
     def num_classes(self) -> int:
         """Number of classes including background (K + 1)."""
         return len(self.classes) + 1
-
-    @property
-    def num_skipped(self) -> int:
-        """Corrupt samples skipped so far in this process (``skip_corrupt=True``)."""
-        return self._skip.num_skipped
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
     def _has_valid_box(self, image_id: int) -> bool:
         info = self.coco.imgs[image_id]

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+from torch.utils.data import Dataset
 
 logger = logging.getLogger("ghost_vision.data")
 
-__all__ = ["DataError", "SkipCorrupt", "read_image", "read_label_png", "require_file"]
+__all__ = ["DataError", "SkipCorrupt", "SkippingDataset", "read_image", "read_label_png", "require_file"]
 
 
 class DataError(ValueError):
@@ -134,3 +135,19 @@ class SkipCorrupt:
                     self.name, len(self.skipped), i, e,
                 )
         raise DataError(f"{self.name}: every sample is corrupt or missing ({length} skipped)")
+
+
+class SkippingDataset(Dataset):
+    """Base of the real-format datasets: one entry of ``ids`` per sample and an opt-in :class:`SkipCorrupt`
+    in ``_skip`` (both set by the subclass's ``__init__``)."""
+
+    ids: list[Any]
+    _skip: SkipCorrupt
+
+    @property
+    def num_skipped(self) -> int:
+        """Corrupt samples skipped so far in this process (``skip_corrupt=True``)."""
+        return self._skip.num_skipped
+
+    def __len__(self) -> int:
+        return len(self.ids)

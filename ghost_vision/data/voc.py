@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ._target import Transforms, finalize_detection, image_to_tensor, to_tensor_target
-from .io import DataError, SkipCorrupt, read_image, read_label_png, require_file
+from .io import DataError, SkipCorrupt, SkippingDataset, read_image, read_label_png, require_file
 
 __all__ = ["VOC_CLASSES", "VOCDetection", "VOCSegmentation", "voc_colormap"]
 
@@ -83,7 +82,7 @@ def find_image(folder: Path, image_id: str) -> Path:
     raise FileNotFoundError(f"image file not found: {folder / (image_id + '.jpg')} (also tried other extensions)")
 
 
-class _VOCBase(Dataset):
+class _VOCBase(SkippingDataset):
     def __init__(self, root, year, image_set, subdir, transforms, skip_corrupt, name):
         self.root = Path(root)
         self.years = _years(year)
@@ -100,14 +99,6 @@ class _VOCBase(Dataset):
     def num_classes(self) -> int:
         """Number of classes including background (K + 1)."""
         return len(self.classes) + 1
-
-    @property
-    def num_skipped(self) -> int:
-        """Corrupt samples skipped so far in this process (``skip_corrupt=True``)."""
-        return self._skip.num_skipped
-
-    def __len__(self) -> int:
-        return len(self._items)
 
     def __getitem__(self, index: int):
         return self._skip.fetch(index, len(self), self._load)
