@@ -18,9 +18,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from ghost_vision.tasks import load_task  # also importable from here (its historical place)
 from ghost_vision.tasks.callbacks import DrawPredictions, TrainingCurves, output_dir
 
-__all__ = ["GhostCLI", "train", "evaluate", "format_metrics"]
+__all__ = ["GhostCLI", "train", "evaluate", "format_metrics", "load_task"]
 
 
 class GhostCLI(LightningCLI):
@@ -116,13 +117,3 @@ def evaluate(args: Sequence[str] | None = None) -> dict[str, float]:
     _report(metrics, cli.config.get("output"), output_dir(cli.trainer) / "eval_metrics.json")
     _finish(cli.trainer)
     return metrics
-
-
-def load_task(ckpt_path: str | Path, map_location: str | torch.device = "cpu"):
-    """Load a DetectionTask or SegmentationTask from a checkpoint, whichever it holds."""
-    from ghost_vision.tasks import DetectionTask, SegmentationTask
-
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    hp = ckpt.get("hyper_parameters", {})
-    cls = SegmentationTask if "aux_weight" in hp else DetectionTask
-    return cls.load_from_checkpoint(ckpt_path, map_location=map_location)

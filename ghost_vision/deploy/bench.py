@@ -39,56 +39,42 @@ FRCNN_320 = dict(min_size=320, max_size=640, rpn_pre_nms_top_n_test=150, rpn_pos
                  rpn_score_thresh=0.05)
 
 #: name -> {"ghost": spec, "peer": spec, "input": batch -> model input, "kind": ...}; a spec is
-#: ``(module path, builder name, kwargs)``.
+#: ``(registry name, kwargs)`` for :func:`ghost_vision.models.get_model`.
 PAIRS: dict[str, dict[str, Any]] = {
     "backbone": dict(
         kind="backbone", size="224x224",
-        ghost=("ghost_vision.models", "create_ghostnet", dict(name="ghostnet_100", features_only=True)),
-        peer=("ghost_vision.deploy.bench", "mobilenet_v3_large_features", {}),
+        ghost=("ghostnet_100", dict(features_only=True)),
+        peer=("mobilenet_v3_large_features", {}),
         input=_tensor(224, 224)),
     "ssdlite": dict(
         kind="det", size="320x320",
-        ghost=("ghost_vision.models.detection", "ssdlite320_ghostnet", dict(num_classes=91)),
-        peer=("torchvision.models.detection", "ssdlite320_mobilenet_v3_large", dict(num_classes=91)),
+        ghost=("ssdlite320_ghostnet", dict(num_classes=91)),
+        peer=("ssdlite320_mobilenet_v3_large", dict(num_classes=91)),
         input=_det_images(320)),
     "fasterrcnn": dict(
         kind="det", size="320x320",
-        ghost=("ghost_vision.models.detection", "fasterrcnn_ghostnet_fpn", dict(num_classes=91, **FRCNN_320)),
-        peer=("torchvision.models.detection", "fasterrcnn_mobilenet_v3_large_320_fpn", dict(num_classes=91)),
+        ghost=("fasterrcnn_ghostnet_fpn", dict(num_classes=91, **FRCNN_320)),
+        peer=("fasterrcnn_mobilenet_v3_large_320_fpn", dict(num_classes=91)),
         input=_det_images(320)),
     "deeplabv3": dict(
         kind="seg", size="512x1024",
-        ghost=("ghost_vision.models.segmentation", "deeplabv3_ghostnet", dict(num_classes=19)),
-        peer=("torchvision.models.segmentation", "deeplabv3_mobilenet_v3_large", dict(num_classes=19)),
+        ghost=("deeplabv3_ghostnet", dict(num_classes=19)),
+        peer=("deeplabv3_mobilenet_v3_large", dict(num_classes=19)),
         input=_tensor(512, 1024)),
     "lraspp": dict(
         kind="seg", size="512x1024",
-        ghost=("ghost_vision.models.segmentation", "lraspp_ghostnet", dict(num_classes=19)),
-        peer=("torchvision.models.segmentation", "lraspp_mobilenet_v3_large", dict(num_classes=19)),
+        ghost=("lraspp_ghostnet", dict(num_classes=19)),
+        peer=("lraspp_mobilenet_v3_large", dict(num_classes=19)),
         input=_tensor(512, 1024)),
 }
 
 
-def mobilenet_v3_large_features() -> nn.Module:
-    """torchvision's MobileNetV3-Large trunk (``.features``), the peer of ``GhostNetFeatures``."""
-    from torchvision.models import mobilenet_v3_large
+def build(spec: tuple[str, dict[str, Any]]) -> nn.Module:
+    """Build a spec of :data:`PAIRS` through the model registry (random init, no downloads), in eval mode."""
+    from ghost_vision.models import get_model
 
-    return mobilenet_v3_large().features
-
-
-def build(spec: tuple[str, str, dict[str, Any]]) -> nn.Module:
-    """Build a spec of :data:`PAIRS` (random init, no downloads) in eval mode."""
-    import importlib
-
-    module, name, kwargs = spec
-    fn = getattr(importlib.import_module(module), name)
-    kwargs = dict(kwargs)
-    if module.startswith("torchvision"):
-        kwargs.setdefault("weights", None)
-        kwargs.setdefault("weights_backbone", None)
-    if name == "create_ghostnet":
-        return fn(kwargs.pop("name"), **kwargs).eval()
-    return fn(**kwargs).eval()
+    name, kwargs = spec
+    return get_model(name, **kwargs).eval()
 
 
 def count_params(model: nn.Module) -> int:
@@ -170,7 +156,7 @@ def _det_batch(batch: int, size: int, seed: int = 0) -> tuple[list[Tensor], list
     return images, targets
 
 
-def train_step(spec: tuple[str, str, dict[str, Any]], batch: int, size: int = 320, steps: int = 2) -> dict[str, Any]:
+def train_step(spec: tuple[str, dict[str, Any]], batch: int, size: int = 320, steps: int = 2) -> dict[str, Any]:
     """Time detector training steps (SGD, synthetic boxes) and measure the RSS peak of the last one.
 
     The first step allocates gradients and optimizer state; after it the RSS peak is reset

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "DetectorNetwork",
+    "SSDHeadOutputs",
     "TupleOutputs",
     "exportable",
     "export_onnx",
@@ -60,6 +61,31 @@ class TupleOutputs(nn.Module):
         return tuple(flatten_outputs(self.model(x)))
 
 
+class SSDHeadOutputs(nn.Module):
+    """An SSD (ours or torchvision's) up to its head outputs, for export: ``(bbox_regression, cls_logits)``
+    of shapes ``(N, A, 4)`` and ``(N, A, num_classes)`` for a batch that is already resized to the model's
+    size and normalized with its ``image_mean``/``image_std`` (see :meth:`preprocess`).
+
+    Decoding (``model.box_coder`` with ``model.anchor_generator``'s default boxes), score thresholding
+    and NMS stay outside the exported graph: NMS has data-dependent output shapes.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.head = model.head
+        self.transform = model.transform
+
+    def preprocess(self, images: list[Tensor]) -> Tensor:
+        """Resize and normalize a list of ``3 x H x W`` float images like the full model does."""
+        return self.transform(images)[0].tensors
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = list(self.backbone(x).values())
+        out = self.head(features)
+        return out["bbox_regression"], out["cls_logits"]
+
+
 class DetectorNetwork(nn.Module):
     """A torchvision-style detector up to its head outputs, for an already resized and normalised batch.
 
@@ -79,21 +105,6 @@ class DetectorNetwork(nn.Module):
         return tuple(feats) + tuple(flatten_outputs(heads))
 
 
-def _ssd_head_outputs(model: nn.Module) -> nn.Module:
-    try:
-        from ..models.detection import SSDHeadOutputs
-    except ImportError:  # the detection package not present: an equivalent minimal wrapper
-        class SSDHeadOutputs(nn.Module):  # type: ignore[no-redef]
-            def __init__(self, m: nn.Module) -> None:
-                super().__init__()
-                self.backbone, self.head = m.backbone, m.head
-
-            def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-                out = self.head(list(self.backbone(x).values()))
-                return out["bbox_regression"], out["cls_logits"]
-    return SSDHeadOutputs(model)
-
-
 def exportable(model: nn.Module) -> tuple[nn.Module, bool]:
     """``(network, dynamic_size_ok)``: the part of ``model`` that can be exported, returning tensors.
 
@@ -106,7 +117,7 @@ def exportable(model: nn.Module) -> tuple[nn.Module, bool]:
     from torchvision.models.detection.ssd import SSD
 
     if isinstance(model, SSD):  # fixed size: the default boxes are made for it
-        return _ssd_head_outputs(model).eval(), False
+        return SSDHeadOutputs(model).eval(), False
     if hasattr(model, "backbone") and (hasattr(model, "rpn") or hasattr(model, "head")) and hasattr(
         model, "transform"
     ):

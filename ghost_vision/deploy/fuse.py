@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..models.ghostnet import _GhostTrunk
+from ..models.ghostnet import GhostNet, GhostNetFeatures
 from ..models.layers import (
     ConvBnAct,
     GhostBottleneck,
@@ -295,7 +295,7 @@ def _rewrite(module: nn.Module, fold_se: bool) -> None:
             _rewrite(child, fold_se)
     if isinstance(module, nn.Sequential):
         _fold_seq(module)
-    pairs = {_GhostTrunk: ("conv_stem", "bn1"), ConvBnAct: ("conv", "bn1")}
+    pairs = {(GhostNet, GhostNetFeatures): ("conv_stem", "bn1"), ConvBnAct: ("conv", "bn1")}
     for cls, (c, b) in pairs.items():
         if isinstance(module, cls) and isinstance(getattr(module, b), BN_TYPES):
             setattr(module, c, fold_bn(getattr(module, c), getattr(module, b)))

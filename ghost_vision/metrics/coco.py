@@ -30,6 +30,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from ghost_vision.metrics.per_image import first_occurrence_mask
+
 __all__ = [
     "COCO_STAT_NAMES",
     "CocoMeanAP",
@@ -44,17 +46,6 @@ COCO_STAT_NAMES = (
     "map", "map_50", "map_75", "map_small", "map_medium", "map_large",
     "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large",
 )  # fmt: skip
-
-
-def first_occurrence_mask(ids: Tensor | Sequence[int]) -> Tensor:
-    """Boolean mask keeping the first occurrence of every id (``DistributedSampler`` padding repeats
-    samples; after an all-gather, rank order decides which copy is first)."""
-    seen: set[int] = set()
-    keep = []
-    for i in torch.as_tensor(ids).reshape(-1).tolist():
-        keep.append(i not in seen)
-        seen.add(i)
-    return torch.tensor(keep, dtype=torch.bool)
 
 
 def _image_id(target: Mapping[str, Any]) -> int:

@@ -18,7 +18,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from ghost_vision.metrics.coco import first_occurrence_mask
+from ghost_vision.metrics.per_image import first_occurrence_mask
 
 __all__ = ["SegmentationMetric", "confusion_matrix", "scores_from_confusion_matrix"]
 

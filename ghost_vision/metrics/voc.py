@@ -30,7 +30,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from ghost_vision.metrics.coco import first_occurrence_mask
+from ghost_vision.metrics.per_image import first_occurrence_mask
 
 __all__ = ["VOCMeanAP", "voc_ap", "voc_box_iou", "voc_eval_class"]
 

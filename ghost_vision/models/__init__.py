@@ -1,8 +1,8 @@
-"""GhostNet models: backbones, detectors, segmentation heads and weight loading."""
+"""GhostNet models: backbones, detectors, segmentation heads, weight loading and the model registry
+(:func:`get_model`, :func:`list_models`)."""
 
 from .detection import (
     GhostNetFPNBackbone,
-    SSDHeadOutputs,
     fasterrcnn_ghostnet_fpn,
     fcos_ghostnet_fpn,
     ghostnet_fpn_backbone,
@@ -18,9 +18,10 @@ from .factory import (
     ghostnetv2_100,
     ghostnetv2_130,
     ghostnetv2_160,
-    list_models,
+    resolve_variant,
 )
 from .ghostnet import GhostNet, GhostNetFeatures
+from .registry import get_model, list_models
 from .segmentation import GhostDeepLabV3, GhostLRASPP, deeplabv3_ghostnet, lraspp_ghostnet
 from .weights import WeightsMismatchError, load_weights, read_state_dict
 
@@ -32,11 +33,11 @@ __all__ = [
     "GhostDeepLabV3",
     "GhostLRASPP",
     "GhostNetFPNBackbone",
-    "SSDHeadOutputs",
     "create_ghostnet",
     "deeplabv3_ghostnet",
     "fasterrcnn_ghostnet_fpn",
     "fcos_ghostnet_fpn",
+    "get_model",
     "ghostnet_fpn_backbone",
     "lraspp_ghostnet",
     "retinanet_ghostnet_fpn",
@@ -50,4 +51,13 @@ __all__ = [
     "list_models",
     "load_weights",
     "read_state_dict",
+    "resolve_variant",
 ]
+
+
+def __getattr__(name: str):  # the deprecated ghost_vision.models.SSDHeadOutputs (now in deploy.export)
+    if name == "SSDHeadOutputs":
+        from . import detection
+
+        return detection.__getattr__(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

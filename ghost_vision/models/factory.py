@@ -13,8 +13,8 @@ from .weights import load_weights
 
 __all__ = [
     "VARIANTS",
-    "list_models",
     "create_ghostnet",
+    "resolve_variant",
     "ghostnet_050",
     "ghostnet_100",
     "ghostnet_130",
@@ -34,11 +34,6 @@ VARIANTS: dict[str, tuple[int, float]] = {
 }
 
 Weights = str | os.PathLike | Mapping[str, Tensor] | None
-
-
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_ghostnet` (and the detection/segmentation builders)."""
-    return list(VARIANTS)
 
 
 def _timm_state_dict(name: str) -> dict[str, Tensor]:
@@ -90,8 +85,7 @@ def create_ghostnet(
         >>> [tuple(f.shape) for f in backbone(torch.rand(1, 3, 320, 320)).values()]
         [(1, 24, 80, 80), (1, 40, 40, 40), (1, 112, 20, 20), (1, 960, 10, 10)]
     """
-    if name not in VARIANTS:
-        raise ValueError(f"unknown GhostNet variant {name!r}; choose one of {list_models()}")
+    check_variant(name)
     version, width = VARIANTS[name]
     if features_only:
         model: GhostNet | GhostNetFeatures = GhostNetFeatures(
@@ -105,6 +99,42 @@ def create_ghostnet(
         source = _timm_state_dict(name) if isinstance(weights, str) and weights == "timm" else weights
         load_weights(model, source)
     return model
+
+
+def check_variant(name: str, *, argument: str = "name") -> None:
+    """Raise a ``ValueError`` naming the choices unless ``name`` is a key of :data:`VARIANTS`."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown GhostNet variant {argument}={name!r}; choose one of {list(VARIANTS)}")
+
+
+def resolve_variant(width: float, backbone: str | None = None) -> str:
+    """The variant a task builder uses: ``backbone`` when given, else the GhostNet v1 variant of ``width``.
+
+    The one width -> variant rule of the detection and segmentation builders. ``width`` is matched to
+    1e-9 against the v1 widths of :data:`VARIANTS`; with ``backbone`` it must be left at 1.0 or agree with
+    the backbone's width.
+
+    Example:
+        >>> resolve_variant(0.5), resolve_variant(1.0, "ghostnetv2_130")
+        ('ghostnet_050', 'ghostnetv2_130')
+    """
+    if isinstance(width, bool) or not isinstance(width, (int, float)):
+        raise ValueError(f"width must be a number, got {width!r}")
+    if backbone is not None:
+        check_variant(backbone, argument="backbone")
+        own = VARIANTS[backbone][1]
+        if abs(width - 1.0) > 1e-9 and abs(width - own) > 1e-9:
+            raise ValueError(f"width={width} contradicts backbone={backbone!r} (width {own}); pass one of them")
+        return backbone
+    v1 = {w: name for name, (version, w) in VARIANTS.items() if version == 1}
+    for w, name in v1.items():
+        if abs(width - w) < 1e-9:
+            return name
+    others = [name for name, (version, _) in VARIANTS.items() if version != 1]
+    raise ValueError(
+        f"width must be one of {sorted(v1)} (GhostNet v1), got {width!r}; for another version pass "
+        f"backbone= one of {others}"
+    )
 
 
 def _builder(name: str):

@@ -20,7 +20,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPPPooling
 from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.models.segmentation.lraspp import LRASPPHead
 
-from .factory import VARIANTS, Weights, create_ghostnet
+from .factory import Weights, create_ghostnet, resolve_variant
 from .ghostnet import GhostNetFeatures
 
 __all__ = [
@@ -38,8 +38,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: width -> the GhostNet (v1) variant the builders use when ``backbone`` is not given.
-_WIDTHS: dict[float, str] = {w: name for name, (v, w) in VARIANTS.items() if v == 1}
 _BACKBONE_KWARGS = ("frozen_stages", "norm_eval")
 # Feature levels of GhostNetFeatures (0..4 = strides 2, 4, 8, 16, 32 before dilation).
 _STRIDE4, _STRIDE8, _STRIDE16, _DEEPEST = 1, 2, 3, 4
@@ -244,24 +242,10 @@ def _check_num_classes(num_classes: Any) -> None:
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
 
 
-def _variant(width: float, backbone: str | None) -> str:
-    if backbone is not None:
-        if backbone not in VARIANTS:
-            raise ValueError(f"unknown backbone {backbone!r}; choose one of {list(VARIANTS)}")
-        if width not in (1.0, VARIANTS[backbone][1]):
-            raise ValueError(f"width={width} contradicts backbone={backbone!r} (width {VARIANTS[backbone][1]}); "
-                             "pass one of them")
-        return backbone
-    if width not in _WIDTHS:
-        raise ValueError(f"width must be one of {sorted(_WIDTHS)} (GhostNet v1), got {width!r}; for GhostNetV2 "
-                         f"pass backbone= one of {[n for n, (v, _) in VARIANTS.items() if v == 2]}")
-    return _WIDTHS[width]
-
-
 def _make_backbone(
     width: float, kwargs: dict[str, Any], weights: Weights, out_indices: Sequence[int], output_stride: int
 ) -> GhostNetFeatures:
-    name = _variant(width, kwargs.pop("backbone", None))
+    name = resolve_variant(width, kwargs.pop("backbone", None))
     extra = {k: kwargs.pop(k) for k in _BACKBONE_KWARGS if k in kwargs}
     return create_ghostnet(name, weights=weights, features_only=True, out_indices=tuple(sorted(out_indices)),
                            output_stride=output_stride, **extra)

@@ -1,15 +1,21 @@
-"""Lightning tasks: detection and segmentation training/evaluation, plus picture-writing callbacks."""
+"""Lightning tasks: detection and segmentation training/evaluation, plus picture-writing callbacks.
 
+:func:`load_task` loads any task checkpoint with the task class it records.
+"""
+
+from .base import BaseTask, NonFiniteLossError, load_task
 from .callbacks import DrawPredictions, TrainingCurves
-from .common import NonFiniteLossError, build_model
+from .common import build_model
 from .detection import DetectionTask
 from .segmentation import SegmentationTask
 
 __all__ = [
+    "BaseTask",
     "DetectionTask",
     "DrawPredictions",
     "NonFiniteLossError",
     "SegmentationTask",
     "TrainingCurves",
     "build_model",
+    "load_task",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .common import BaseTask, build_model
+from .base import BaseTask
 
 __all__ = ["DetectionTask"]
 
@@ -55,15 +55,14 @@ class DetectionTask(BaseTask):
         on_nonfinite: str = "raise",
         init_from: str | None = None,
     ) -> None:
-        super().__init__()
         if metric not in ("auto", "coco", "voc07", "voc"):
             raise ValueError(f"metric must be one of auto, coco, voc07, voc; got {metric!r}")
-        self.save_hyperparameters()
-        self._init_common(on_nonfinite=on_nonfinite)
-        self.model = build_model(model, num_classes, **(model_kwargs or {}))
+        super().__init__(
+            model=model, model_kwargs=model_kwargs, num_classes=num_classes, class_names=class_names,
+            optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler,
+            warmup_epochs=warmup_epochs, milestones=milestones, on_nonfinite=on_nonfinite, init_from=init_from,
+        )
         self.val_metric: Any = None
-        if init_from:
-            self._load_init_from(init_from)
 
     # ---------------------------------------------------------------- metrics
     def _make_metric(self) -> Any:

@@ -8,43 +8,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities.data import dim_zero_cat
 
-from ghost_vision.metrics.coco import first_occurrence_mask
+from ghost_vision.metrics.per_image import PerImageMean
+from ghost_vision.metrics.segmentation import SegmentationMetric
 
-from .common import BaseTask, build_model
+from .base import BaseTask
 
-__all__ = ["SegmentationTask", "PerImageMean"]
-
-
-class PerImageMean(Metric):
-    """Mean of one value per image over the split, each image id counted once.
-
-    Under DDP, ``DistributedSampler`` pads the split with repeated images; averaging per batch (``self.log(...,
-    sync_dist=True)``) would count those twice and give another number than one process. Values are kept
-    with their ids, the first occurrence of an id is used and the sum is taken in id order, so 1 and N
-    processes agree to the last bit.
-    """
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("values", default=[], dist_reduce_fx="cat")
-        self.add_state("ids", default=[], dist_reduce_fx="cat")
-
-    def update(self, values: Tensor, ids: Tensor) -> None:
-        self.values.append(values.detach().double().reshape(-1))
-        self.ids.append(torch.as_tensor(ids, device=values.device).reshape(-1).long())
-
-    def compute(self) -> Tensor:
-        if isinstance(self.ids, list) and not self.ids:
-            return torch.tensor(float("nan"), dtype=torch.float64)
-        ids, values = dim_zero_cat(self.ids).cpu(), dim_zero_cat(self.values).cpu()
-        keep = first_occurrence_mask(ids)
-        ids, values = ids[keep], values[keep]
-        return values[torch.argsort(ids)].mean()
+__all__ = ["SegmentationTask", "PerImageMean"]  # PerImageMean: moved to ghost_vision.metrics, kept importable
 
 
 class SegmentationTask(BaseTask):
@@ -85,16 +55,13 @@ class SegmentationTask(BaseTask):
         on_nonfinite: str = "raise",
         init_from: str | None = None,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self._init_common(on_nonfinite=on_nonfinite)
-        self.model = build_model(model, num_classes, **(model_kwargs or {}))
-        from ghost_vision.metrics import SegmentationMetric
-
+        super().__init__(
+            model=model, model_kwargs=model_kwargs, num_classes=num_classes, class_names=class_names,
+            optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler,
+            warmup_epochs=warmup_epochs, milestones=milestones, on_nonfinite=on_nonfinite, init_from=init_from,
+        )
         self.val_metric = SegmentationMetric(num_classes, ignore_index=ignore_index)
         self.val_loss = PerImageMean()
-        if init_from:
-            self._load_init_from(init_from)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return self.model(images)

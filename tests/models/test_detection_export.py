@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ghost_vision.models.detection import SSDHeadOutputs, ssdlite320_ghostnet
+from ghost_vision.deploy.export import SSDHeadOutputs
+from ghost_vision.models.detection import ssdlite320_ghostnet
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SECTION = "## Use the GhostNet backbone in your own detector"

@@ -92,7 +92,7 @@ def test_weights_backbone_and_backbone_kwargs() -> None:
         ({"num_classes": 2.5}, r"num_classes must be an integer >= 1"),
         ({"width": 0.75}, r"width must be one of \[0.5, 1.0, 1.3\].*ghostnetv2_100"),
         ({"width": 1.6}, r"width must be one of \[0.5, 1.0, 1.3\]"),
-        ({"backbone": "resnet50"}, r"unknown backbone 'resnet50'; choose one of \['ghostnet_050'"),
+        ({"backbone": "resnet50"}, r"unknown GhostNet variant backbone='resnet50'; choose one of \['ghostnet_050'"),
         ({"backbone": "ghostnetv2_130", "width": 0.5}, r"width=0.5 contradicts backbone='ghostnetv2_130'"),
         ({"aspp_channels": 0}, r"aspp_channels must be >= 1"),
         ({"dropout": 1.0}, r"dropout in \[0, 1\)"),
@@ -109,7 +109,7 @@ def test_deeplab_bad_arguments(kwargs: dict, match: str) -> None:
         ({"num_classes": 0}, r"num_classes must be an integer >= 1, got 0"),
         ({"num_classes": True}, r"num_classes must be an integer >= 1"),
         ({"width": 2.0}, r"width must be one of \[0.5, 1.0, 1.3\]"),
-        ({"backbone": "ghostnet_200"}, r"unknown backbone 'ghostnet_200'"),
+        ({"backbone": "ghostnet_200"}, r"unknown GhostNet variant backbone='ghostnet_200'"),
     ],
 )
 def test_lraspp_bad_arguments(kwargs: dict, match: str) -> None:

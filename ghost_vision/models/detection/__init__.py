@@ -1,5 +1,7 @@
 """GhostNet detectors built on torchvision's detection models (SSDLite, Faster R-CNN, RetinaNet, FCOS)."""
 
+from typing import Any
+
 from .fpn import (
     GhostNetFPNBackbone,
     fasterrcnn_ghostnet_fpn,
@@ -7,11 +9,10 @@ from .fpn import (
     ghostnet_fpn_backbone,
     retinanet_ghostnet_fpn,
 )
-from .ssdlite import SSDHeadOutputs, SSDLiteFeatureExtractorGhostNet, ssdlite320_ghostnet
+from .ssdlite import SSDLiteFeatureExtractorGhostNet, ssdlite320_ghostnet
 
 __all__ = [
     "GhostNetFPNBackbone",
-    "SSDHeadOutputs",
     "SSDLiteFeatureExtractorGhostNet",
     "fasterrcnn_ghostnet_fpn",
     "fcos_ghostnet_fpn",
@@ -19,3 +20,17 @@ __all__ = [
     "retinanet_ghostnet_fpn",
     "ssdlite320_ghostnet",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # SSDHeadOutputs (an export wrapper) moved to ghost_vision.deploy.export; the old import keeps working
+    # without making the model package import deploy.
+    if name == "SSDHeadOutputs":
+        import warnings
+
+        from ...deploy.export import SSDHeadOutputs
+
+        warnings.warn("import SSDHeadOutputs from ghost_vision.deploy.export (its old place in "
+                      "ghost_vision.models is deprecated)", DeprecationWarning, stacklevel=2)
+        return SSDHeadOutputs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Shared helpers of the detection builders: variant choice, freezing and norm-layer swapping."""
+"""Shared helpers of the detection builders: freezing and norm-layer swapping."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from collections.abc import Callable, Sequence
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..factory import VARIANTS, Weights, create_ghostnet
+from ..factory import Weights, create_ghostnet
 from ..ghostnet import LEVEL_STAGES, GhostNetFeatures
 
 __all__ = [
     "NUM_BACKBONE_UNITS",
-    "resolve_variant",
     "validate_trainable_layers",
     "frozen_stages_for",
     "replace_batchnorm",
@@ -24,26 +23,6 @@ __all__ = [
 #: (``blocks.0`` | ``blocks.1-2`` | ``blocks.3-4`` | ``blocks.5-6`` | ``blocks.7-9``), i.e. the stem plus the
 #: stages ending at strides 2, 4, 8, 16 and 32 -- the same 6 units as torchvision's MobileNetV3 extractors.
 NUM_BACKBONE_UNITS = len(LEVEL_STAGES) + 1
-
-_V1_WIDTHS = {0.5: "ghostnet_050", 1.0: "ghostnet_100", 1.3: "ghostnet_130"}
-
-
-def resolve_variant(width: float, backbone: str | None) -> str:
-    """The GhostNet variant name for a builder's ``width`` (v1) or explicit ``backbone`` name."""
-    if backbone is not None:
-        if backbone not in VARIANTS:
-            raise ValueError(f"unknown GhostNet variant backbone={backbone!r}; choose one of {list(VARIANTS)}")
-        if float(width) != 1.0 and VARIANTS[backbone][1] != float(width):
-            raise ValueError(f"give either width={width} or backbone={backbone!r}, not both")
-        return backbone
-    for w, name in _V1_WIDTHS.items():
-        if abs(float(width) - w) < 1e-9:
-            return name
-    raise ValueError(
-        f"width must be one of {sorted(_V1_WIDTHS)} (GhostNet v1), got {width!r}; "
-        f"for GhostNetV2 pass backbone= one of {[n for n in VARIANTS if VARIANTS[n][0] == 2]}"
-    )
-
 
 def validate_trainable_layers(is_trained: bool, value: int | None, max_value: int, default: int) -> int:
     """torchvision's ``_validate_trainable_layers``: all layers train without pretrained weights."""

@@ -16,9 +16,9 @@ from torchvision.ops.feature_pyramid_network import (
     LastLevelP6P7,
 )
 
-from ..factory import VARIANTS, Weights
+from ..factory import Weights, check_variant, resolve_variant
 from ..ghostnet import GhostNetFeatures
-from ._utils import NUM_BACKBONE_UNITS, build_body, resolve_variant, validate_trainable_layers
+from ._utils import NUM_BACKBONE_UNITS, build_body, validate_trainable_layers
 
 __all__ = [
     "GhostNetFPNBackbone",
@@ -103,8 +103,7 @@ def ghostnet_fpn_backbone(
         >>> [(k, tuple(v.shape)) for k, v in backbone(torch.rand(1, 3, 320, 320)).items()]
         [('0', (1, 256, 40, 40)), ('1', (1, 256, 20, 20)), ('2', (1, 256, 10, 10)), ('pool', (1, 256, 5, 5))]
     """
-    if name not in VARIANTS:
-        raise ValueError(f"unknown GhostNet variant {name!r}; choose one of {list(VARIANTS)}")
+    check_variant(name)
     if not 0 <= trainable_layers <= NUM_BACKBONE_UNITS:
         raise ValueError(
             f"trainable_layers should be in the range [0, {NUM_BACKBONE_UNITS}] (stem + 5 levels), "

@@ -13,11 +13,11 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _normal_init
 
-from ..factory import Weights
+from ..factory import Weights, resolve_variant
 from ..ghostnet import GhostNetFeatures
-from ._utils import NUM_BACKBONE_UNITS, build_body, resolve_variant, validate_trainable_layers
+from ._utils import NUM_BACKBONE_UNITS, build_body, validate_trainable_layers
 
-__all__ = ["SSDLiteFeatureExtractorGhostNet", "SSDHeadOutputs", "ssdlite320_ghostnet"]
+__all__ = ["SSDLiteFeatureExtractorGhostNet", "ssdlite320_ghostnet"]
 
 _TAP_STAGE = 7  # blocks.7: the first (and only) block of the first stride-32 stage
 
@@ -68,31 +68,6 @@ class SSDLiteFeatureExtractorGhostNet(nn.Module):
         for i, v in enumerate(output):
             out[str(i)] = v
         return out
-
-
-class SSDHeadOutputs(nn.Module):
-    """An SSD up to its head outputs, for export: ``(bbox_regression, cls_logits)`` of shapes
-    ``(N, A, 4)`` and ``(N, A, num_classes)`` for a batch that is already resized to the model's size and
-    normalized with its ``image_mean``/``image_std`` (see :meth:`preprocess`).
-
-    Decoding (``model.box_coder`` with ``model.anchor_generator``'s default boxes), score thresholding
-    and NMS stay outside the exported graph: NMS has data-dependent output shapes.
-    """
-
-    def __init__(self, model: SSD) -> None:
-        super().__init__()
-        self.backbone = model.backbone
-        self.head = model.head
-        self.transform = model.transform
-
-    def preprocess(self, images: list[Tensor]) -> Tensor:
-        """Resize and normalize a list of ``3 x H x W`` float images like the full model does."""
-        return self.transform(images)[0].tensors
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        features = list(self.backbone(x).values())
-        out = self.head(features)
-        return out["bbox_regression"], out["cls_logits"]
 
 
 def ssdlite320_ghostnet(
