@@ -1,0 +1,110 @@
+"""The model registry (``get_model``/``list_models``) and the one width -> variant resolver."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.detection.ssd import SSD
+
+from ghost_vision.models import (
+    VARIANTS,
+    GhostLRASPP,
+    GhostNet,
+    GhostNetFeatures,
+    deeplabv3_ghostnet,
+    factory,
+    fasterrcnn_ghostnet_fpn,
+    get_model,
+    list_models,
+    lraspp_ghostnet,
+    resolve_variant,
+    ssdlite320_ghostnet,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_list_models_by_kind() -> None:
+    assert list_models(kind="backbone") == list(VARIANTS)
+    assert list_models(kind="detector") == [
+        "ssdlite320_ghostnet", "fasterrcnn_ghostnet_fpn", "retinanet_ghostnet_fpn", "fcos_ghostnet_fpn"]
+    assert list_models(kind="segmenter") == ["deeplabv3_ghostnet", "lraspp_ghostnet"]
+    peers = list_models(kind="peer")
+    assert "ssdlite320_mobilenet_v3_large" in peers and "lraspp_mobilenet_v3_large" in peers
+    assert list_models() == sum((list_models(kind=k) for k in ("backbone", "detector", "segmenter", "peer")), [])
+    with pytest.raises(ValueError, match=r"kind must be one of \['backbone', 'detector', 'segmenter', 'peer'\]"):
+        list_models(kind="classifier")
+
+
+def test_backbones_follow_the_variant_table(monkeypatch) -> None:
+    """A variant added to VARIANTS is listed, built and resolvable by width without touching the registry."""
+    monkeypatch.setitem(factory.VARIANTS, "ghostnet_075", (1, 0.75))
+    assert "ghostnet_075" in list_models(kind="backbone")
+    net = get_model("ghostnet_075", features_only=True)
+    assert isinstance(net, GhostNetFeatures) and net.width == 0.75
+    assert resolve_variant(0.75) == "ghostnet_075"
+
+
+def test_get_model_builds_every_kind() -> None:
+    assert type(get_model("ghostnet_050", num_classes=7)) is GhostNet
+    assert get_model("ghostnet_050", num_classes=7).classifier.out_features == 7
+    assert isinstance(get_model("ghostnetv2_100", features_only=True), GhostNetFeatures)
+    det = get_model("ssdlite320_ghostnet", num_classes=3, width=0.5)
+    assert isinstance(det, SSD) and det.backbone.body.width == 0.5
+    seg = get_model("lraspp_ghostnet", num_classes=4, backbone="ghostnet_050")
+    assert isinstance(seg, GhostLRASPP)
+    with torch.no_grad():
+        assert seg.eval()(torch.rand(1, 3, 64, 64))["out"].shape == (1, 4, 64, 64)
+
+
+def test_peers_are_randomly_initialised_torchvision_models() -> None:
+    """No download (weights/weights_backbone default to None); the trunk peer is MobileNetV3's .features."""
+    from torchvision.models.segmentation import LRASPP
+
+    peer = get_model("lraspp_mobilenet_v3_large", num_classes=5)
+    assert isinstance(peer, LRASPP)
+    trunk = get_model("mobilenet_v3_large_features")
+    assert isinstance(trunk, nn.Sequential)
+    with torch.no_grad():
+        assert trunk.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 960, 2, 2)
+    # any other torchvision builder is reachable by name, also randomly initialised
+    assert type(get_model("resnet18", num_classes=3)).__name__ == "ResNet"
+
+
+def test_unknown_name_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown model builder 'ghostnet_999': choose one of \['ghostnet_050'"):
+        get_model("ghostnet_999")
+    with pytest.raises(ValueError, match="model name must be a string"):
+        get_model(None)  # type: ignore[arg-type]
+
+
+def test_resolve_variant() -> None:
+    assert [resolve_variant(w) for w in (0.5, 1, 1.0, 1.3)] == [
+        "ghostnet_050", "ghostnet_100", "ghostnet_100", "ghostnet_130"]
+    assert resolve_variant(0.5 + 1e-12) == "ghostnet_050"  # a width computed in floating point
+    assert resolve_variant(1.0, "ghostnetv2_160") == "ghostnetv2_160"
+    assert resolve_variant(1.6, "ghostnetv2_160") == "ghostnetv2_160"  # agreeing width and backbone
+    with pytest.raises(ValueError, match=r"width must be one of \[0.5, 1.0, 1.3\] \(GhostNet v1\), got 0.7; "
+                                         r"for another version pass backbone= one of \['ghostnetv2_100'"):
+        resolve_variant(0.7)
+    with pytest.raises(ValueError, match=r"width=0.5 contradicts backbone='ghostnetv2_130' \(width 1.3\)"):
+        resolve_variant(0.5, "ghostnetv2_130")
+    with pytest.raises(ValueError, match=r"unknown GhostNet variant backbone='resnet50'; choose one of"):
+        resolve_variant(1.0, "resnet50")
+    with pytest.raises(ValueError, match="width must be a number, got '1.0'"):
+        resolve_variant("1.0")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"width": 0.7}, {"width": 0.5, "backbone": "ghostnetv2_130"}, {"backbone": "resnet50"},
+               {"width": True}]
+)
+def test_detection_and_segmentation_builders_resolve_alike(kwargs: dict) -> None:
+    """The detection and segmentation builders share the resolver: the same bad input, the same error."""
+    messages = set()
+    for builder in (ssdlite320_ghostnet, fasterrcnn_ghostnet_fpn, deeplabv3_ghostnet, lraspp_ghostnet):
+        with pytest.raises(ValueError) as info:
+            builder(num_classes=3, **kwargs)
+        messages.add(str(info.value))
+    assert len(messages) == 1, messages
