@@ -118,21 +118,21 @@ def ratio_summary(times: dict[str, list[float]], num: str, den: str) -> dict[str
                 round_ratios=[round(r, 4) for r in per_round])
 
 
-def peak_rss_mb() -> float:
-    """This process's resident-set high-water mark (``VmHWM``), MiB."""
+def _proc_status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_rss_mb() -> float:
+    """This process's resident-set high-water mark (``VmHWM``), MiB."""
+    return _proc_status_mb("VmHWM")
 
 
 def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    return _proc_status_mb("VmRSS")
 
 
 def _reset_peak_rss() -> bool:

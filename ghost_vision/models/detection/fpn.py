@@ -103,12 +103,7 @@ def ghostnet_fpn_backbone(
         >>> [(k, tuple(v.shape)) for k, v in backbone(torch.rand(1, 3, 320, 320)).items()]
         [('0', (1, 256, 40, 40)), ('1', (1, 256, 20, 20)), ('2', (1, 256, 10, 10)), ('pool', (1, 256, 5, 5))]
     """
-    check_variant(name)
-    if not 0 <= trainable_layers <= NUM_BACKBONE_UNITS:
-        raise ValueError(
-            f"trainable_layers should be in the range [0, {NUM_BACKBONE_UNITS}] (stem + 5 levels), "
-            f"got {trainable_layers}"
-        )
+    check_variant(name)  # trainable_layers is checked by build_body
     returned = list(DEFAULT_RETURNED_LAYERS if returned_layers is None else returned_layers)
     if not returned or min(returned) < 0 or max(returned) > 4 or sorted(set(returned)) != returned:
         raise ValueError(f"returned_layers must be increasing levels in the range [0, 4], got {returned_layers}")

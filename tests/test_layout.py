@@ -1,0 +1,67 @@
+"""The package's import direction (README "Layout"): tools -> cli -> tasks -> models / data / metrics, and
+deploy -> models. Checked on the source (every import statement, also inside functions; the only exception
+is a module ``__getattr__`` that keeps a deprecated name importable)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ghost_vision"
+
+#: layer -> the ghost_vision layers it must not import.
+FORBIDDEN = {
+    "models": {"tasks", "cli", "deploy", "commands", "data", "metrics"},
+    "data": {"tasks", "cli", "deploy", "commands", "models"},
+    "metrics": {"tasks", "cli", "deploy", "commands", "models", "data"},
+    "deploy": {"tasks", "cli", "commands", "data", "metrics"},
+    "tasks": {"cli", "deploy", "commands"},
+}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, absolute module)`` of every ghost_vision import in ``path``, outside ``__getattr__``."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    skip = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "__getattr__"
+            for n in ast.walk(f)}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.append((node.lineno, module))
+    return [(line, m) for line, m in found if m == "ghost_vision" or m.startswith("ghost_vision.")]
+
+
+def test_imports_go_one_way():
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        layer = parts[0]
+        for line, module in _imports(path):
+            target = module.split(".")[1] if "." in module else ""
+            if target in FORBIDDEN.get(layer, set()):
+                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {module}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_check_resolves_relative_imports_and_sees_function_bodies():
+    def modules(*parts: str) -> set[str]:
+        return {m for _, m in _imports(PACKAGE.joinpath(*parts))}
+
+    assert "ghost_vision.models.factory" in modules("models", "segmentation.py")  # from .factory import
+    assert "ghost_vision.models.factory" in modules("models", "detection", "fpn.py")  # from ..factory import
+    assert "ghost_vision.models" in modules("deploy", "bench.py")  # inside build()
+    assert "ghost_vision.tasks.base" in modules("tasks", "detection.py")
+    # the deprecated SSDHeadOutputs alias (a module __getattr__) is the one exception
+    assert "ghost_vision.deploy.export" not in modules("models", "detection", "__init__.py")
