@@ -188,8 +188,7 @@ class BaseTask(L.LightningModule):
         # order and augmentations do not use them (ghost_vision.data.resumable).
         checkpoint["rng_states"] = _rng_states()
         # The train loader's position (epoch, batches served), handed back in on_train_start.
-        trainer = self._trainer
-        loaders = _stateful_loaders(trainer.train_dataloader) if trainer is not None else []
+        loaders = _stateful_loaders(self.trainer.train_dataloader)  # the trainer calls this hook
         if loaders:
             checkpoint[LOADER_KEY] = [loader.state_dict() for loader in loaders]
         # ``init_from`` only initialises a *new* run; a checkpoint of that run already holds the weights, so

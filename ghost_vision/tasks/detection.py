@@ -18,8 +18,9 @@ class DetectionTask(BaseTask):
     """Train and evaluate a torchvision-style detector.
 
     Args:
-        model: a builder name (``ssdlite320_ghostnet``, ``fasterrcnn_ghostnet_fpn``, torchvision's
-            ``ssdlite320_mobilenet_v3_large``, ...) or ``{"class_path": ..., "init_args": {...}}``.
+        model: a :func:`~ghost_vision.models.get_model` name (``ssdlite320_ghostnet``,
+            ``fasterrcnn_ghostnet_fpn``, the peer ``ssdlite320_mobilenet_v3_large``, ...; see
+            ``list_models(kind="detector")``) or ``{"class_path": ..., "init_args": {...}}``.
         model_kwargs: extra builder arguments (e.g. ``weights_backbone``, ``width``).
         num_classes: including background; linked from the DataModule by the CLI and saved once in
             the checkpoint.
@@ -68,7 +69,7 @@ class DetectionTask(BaseTask):
     def _make_metric(self) -> Any:
         from ghost_vision.metrics import CocoMeanAP, VOCMeanAP
 
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = getattr(self.trainer, "datamodule", None)  # called from setup(): a trainer is attached
         ann_file = getattr(dm, "val_ann_file", None)
         kind = self.hparams.metric
         if kind == "auto":

@@ -21,8 +21,8 @@ class SegmentationTask(BaseTask):
     """Train and evaluate a segmentation network returning ``{"out": logits[, "aux": logits]}``.
 
     Args:
-        model: builder name (``deeplabv3_ghostnet``, ``lraspp_ghostnet``, torchvision's peers) or
-            ``{"class_path": ..., "init_args": {...}}``.
+        model: a :func:`~ghost_vision.models.get_model` name (``deeplabv3_ghostnet``, ``lraspp_ghostnet``,
+            the peers ``deeplabv3_mobilenet_v3_large``, ...) or ``{"class_path": ..., "init_args": {...}}``.
         model_kwargs: extra builder arguments (``aux_loss``, ``output_stride``, ``weights_backbone``, ...).
         num_classes: linked from the DataModule; saved once in the checkpoint.
         class_names: class names for drawings and per-class IoU logging.

@@ -108,3 +108,15 @@ def test_detection_and_segmentation_builders_resolve_alike(kwargs: dict) -> None
             builder(num_classes=3, **kwargs)
         messages.add(str(info.value))
     assert len(messages) == 1, messages
+
+
+def test_ssd_head_outputs_moved_to_deploy_with_a_deprecated_alias() -> None:
+    from ghost_vision.deploy.export import SSDHeadOutputs
+
+    with pytest.warns(DeprecationWarning, match="import SSDHeadOutputs from ghost_vision.deploy.export"):
+        from ghost_vision.models.detection import SSDHeadOutputs as old
+    with pytest.warns(DeprecationWarning):
+        from ghost_vision.models import SSDHeadOutputs as older
+    assert old is older is SSDHeadOutputs
+    with pytest.raises(ImportError, match="cannot import name 'Nope'"):
+        from ghost_vision.models import Nope  # noqa: F401
