@@ -283,7 +283,11 @@ def _infer_task_class(path: Path, hparams: Mapping[str, Any]) -> type[BaseTask]:
 
 def load_task(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> BaseTask:
     """Load the task a checkpoint holds (``DetectionTask``, ``SegmentationTask`` or a subclass), with the
-    class recorded in the checkpoint.
+    class recorded in the checkpoint (``checkpoint["ghost_vision_task"]``).
+
+    A checkpoint written before the class was recorded loads as the built-in task whose ``__init__``
+    accepts all its hyperparameters, with a ``UserWarning``; if none or both fit, a ``ValueError`` names
+    the file.
 
     Raises:
         FileNotFoundError: no such file.

@@ -136,8 +136,9 @@ class _StopAt(L.Callback):
 
 
 def test_mid_epoch_resume_in_process_matches_an_uninterrupted_run(tmp_path):
-    """A fast version of test_ddp_resume's exactness check, through the public hooks only: stopped at step 7
-    (epoch 1, batch 3 of 4), resumed from last.ckpt (step 6), it ends with the weights of a straight run."""
+    """A fast version of test_ddp_resume's exactness check, through the public hooks only: stopped when step 7
+    starts (the last of epoch 1's 4 batches) and resumed from last.ckpt (step 6, 2 batches into epoch 1), the
+    run ends with the weights of a straight run; without the loader state the resumed epoch starts over."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from ghost_vision.data import detection_collate
