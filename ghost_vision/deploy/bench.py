@@ -69,11 +69,15 @@ PAIRS: dict[str, dict[str, Any]] = {
 }
 
 
-def build(spec: tuple[str, dict[str, Any]]) -> nn.Module:
-    """Build a spec of :data:`PAIRS` through the model registry (random init, no downloads), in eval mode."""
+def build(spec: tuple[Any, ...]) -> nn.Module:
+    """Build a spec of :data:`PAIRS` through the model registry (random init, no downloads), in eval mode.
+
+    A spec is ``(registry name, kwargs)``; the older ``(module path, builder name, kwargs)`` form is read
+    as the same (the module path is ignored: every builder is in the registry).
+    """
     from ghost_vision.models import get_model
 
-    name, kwargs = spec
+    *_, name, kwargs = spec
     return get_model(name, **kwargs).eval()
 
 
@@ -156,7 +160,7 @@ def _det_batch(batch: int, size: int, seed: int = 0) -> tuple[list[Tensor], list
     return images, targets
 
 
-def train_step(spec: tuple[str, dict[str, Any]], batch: int, size: int = 320, steps: int = 2) -> dict[str, Any]:
+def train_step(spec: tuple[Any, ...], batch: int, size: int = 320, steps: int = 2) -> dict[str, Any]:
     """Time detector training steps (SGD, synthetic boxes) and measure the RSS peak of the last one.
 
     The first step allocates gradients and optimizer state; after it the RSS peak is reset
