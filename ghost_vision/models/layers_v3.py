@@ -97,7 +97,7 @@ def _fused_branches(
 def _biased_conv(like: nn.Conv2d, kernel: Tensor, bias: Tensor, requires_grad: bool) -> nn.Conv2d:
     """A conv with ``like``'s geometry holding the fused ``kernel`` and ``bias``."""
     conv = nn.Conv2d(like.in_channels, like.out_channels, like.kernel_size, like.stride, like.padding,
-                     like.dilation, like.groups, bias=True, device=like.weight.device, dtype=like.weight.dtype)
+                     like.dilation, like.groups, bias=True, device="meta")  # no init: both tensors replaced
     conv.weight = nn.Parameter(kernel.to(like.weight.dtype), requires_grad=requires_grad)
     conv.bias = nn.Parameter(bias.to(like.weight.dtype), requires_grad=requires_grad)
     return conv
@@ -158,7 +158,8 @@ class GhostModuleV3(nn.Module):
         or :class:`GhostModuleV2` (``"shortcut"``) whose primary and cheap convs carry the fused bias."""
         ref = self.primary_rpr_conv[0].conv
         cls = GhostModuleV2 if self.short_conv is not None else GhostModule
-        out = cls(ref.in_channels, self.out_chs, use_act=self.use_act, dilation=self.dilation).to(ref.weight.device)
+        with torch.device("meta"):  # a skeleton: every tensor of it is replaced below
+            out = cls(ref.in_channels, self.out_chs, use_act=self.use_act, dilation=self.dilation)
         trainable = ref.weight.requires_grad
         for seq, convs, scale, skip in (
             (out.primary_conv, self.primary_rpr_conv, None, None),
@@ -230,7 +231,8 @@ class GhostBottleneckV3(nn.Module):
     def reparameterized(self) -> GhostBottleneck:
         """The equivalent :class:`GhostBottleneck` (eval-mode statistics): fused Ghost modules and a
         depthwise conv with bias (``bn_dw`` is ``nn.Identity``); SE and shortcut are moved over."""
-        out = GhostBottleneck(**self.block_args)
+        with torch.device("meta"):  # a skeleton: every tensor of it is replaced below
+            out = GhostBottleneck(**self.block_args)
         out.ghost1, out.ghost2 = self.ghost1.reparameterized(), self.ghost2.reparameterized()
         if self.dw_rpr_scale is not None:
             ref = self.dw_rpr_conv[0].conv
