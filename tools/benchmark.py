@@ -9,8 +9,13 @@ round by round, medians, per-round ratios and their median), the same in onnxrun
 Detector latency is the network up to the head outputs (what is exported); ``*_full`` adds torchvision's
 transform and postprocessing (batch 1).
 
+``--v3`` adds the GhostNetV3 rows: params/MACs of the training vs the fused (deploy) form of every width, the
+fused backbone's batch-1 latency against fused GhostNet v1 and the peer, and one SSDLite training step (time,
+RSS peak) on the multi-branch v3 training form against the same detector on v1.
+
 Usage:
     python tools/benchmark.py --out bench_out                 # everything (tens of minutes on 2 cores)
+    python tools/benchmark.py --pairs --v3 --out bench_v3     # only the GhostNetV3 rows
     python tools/benchmark.py --quick --pairs backbone --out /tmp/b   # CI smoke run, < 2 min
     python tools/benchmark.py --pairs ssdlite --profile --out bench_out
 """
@@ -39,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ghost_vision.deploy import freeze_network, optimize, optimize_for_onnx  # noqa: E402
 from ghost_vision.deploy.bench import (  # noqa: E402
     PAIRS,
+    V3_TRAIN,
     build,
     count_macs,
     count_params,
@@ -46,6 +52,7 @@ from ghost_vision.deploy.bench import (  # noqa: E402
     ort_op_profile,
     ratio_summary,
     train_step_subprocess,
+    v3_costs,
 )
 from ghost_vision.deploy.export import export_onnx, exportable, ort_session  # noqa: E402
 
@@ -161,6 +168,53 @@ def _data_loading(num_images: int, batch: int, workers: int, tmp: Path) -> dict[
             "images_per_s_after_first_batch": steady}
 
 
+def _v3(args: argparse.Namespace) -> dict[str, Any]:
+    """GhostNetV3: costs of both forms, fused latency vs v1 and the peer, training step vs v1."""
+    out: dict[str, Any] = {"costs": v3_costs()}
+    spec = ("ghost_vision.models", "create_ghostnet")
+    nets = {k: build((*spec, dict(name=n, features_only=True))) for k, n in (("v3", "ghostnetv3_100"),
+                                                                            ("v1", "ghostnet_100"))}
+    peer, _ = freeze_network(build(PAIRS["backbone"]["peer"]).to(memory_format=CL))
+    x = PAIRS["backbone"]["input"](1)
+    models = {"v3_fast": optimize(nets["v3"]), "v1_fast": optimize(nets["v1"]), "peer_frozen": peer,
+              "v3_train_form_eager": nets["v3"]}
+    with tqdm(total=args.rounds, desc="v3 batch 1", leave=False) as bar:
+        times = interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, args.rounds, warmup=1, progress=bar)
+    out["batch1"] = {"size": PAIRS["backbone"]["size"], "rounds": args.rounds,
+                     "median_ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+                     "ratios": {"v3_fast_vs_v1_fast": ratio_summary(times, "v3_fast", "v1_fast"),
+                                "v3_fast_vs_peer_frozen": ratio_summary(times, "v3_fast", "peer_frozen")}}
+    if "train" not in args.skip:
+        t: dict[str, Any] = {k: train_step_subprocess("v3", k, args.train_batch, args.threads) for k in V3_TRAIN}
+        t["time_ratio"] = t["v3"]["step_s"] / t["v1"]["step_s"]
+        t["process_peak_ratio"] = t["v3"]["process_peak_mb"] / t["v1"]["process_peak_mb"]
+        if t["v3"]["step_peak_mb"] and t["v1"]["step_peak_mb"]:
+            t["step_peak_ratio"] = t["v3"]["step_peak_mb"] / t["v1"]["step_peak_mb"]
+        out["train"] = t
+    return out
+
+
+def _md_v3(v: dict[str, Any]) -> list[str]:
+    lines = ["", "GhostNetV3 (training form → fused by `reparameterize`, classifier at 224 px):", "",
+             "| variant | params train → deploy (M) | MACs train → deploy (G) |", "|---|---|---|"]
+    for name, c in v["costs"].items():
+        lines.append(f"| {name} | {c['train_params_m']:.2f} → {c['deploy_params_m']:.2f} | "
+                     f"{c['train_macs_g']:.3f} → {c['deploy_macs_g']:.3f} |")
+    b1 = v["batch1"]
+    lines += ["", f"- v3 backbone batch 1 ({b1['size']}) median ms: " + ", ".join(
+        f"{k} {ms:.1f}" for k, ms in b1["median_ms"].items()) + "; fused v3/v1 "
+        f"{b1['ratios']['v3_fast_vs_v1_fast']['median_of_round_ratios']:.2f}×, fused v3/peer frozen "
+        f"{b1['ratios']['v3_fast_vs_peer_frozen']['median_of_round_ratios']:.2f}×"]
+    if "train" in v:
+        t = v["train"]
+        lines.append(f"- SSDLite training step (batch {t['v3']['batch']}), v3 training form vs v1: "
+                     f"{t['v3']['step_s']:.2f} s vs {t['v1']['step_s']:.2f} s ({t['time_ratio']:.2f}×); process RSS "
+                     f"peak {t['v3']['process_peak_mb']:.0f} vs {t['v1']['process_peak_mb']:.0f} MiB "
+                     f"({t['process_peak_ratio']:.2f}×)" + (f"; step peak {t['step_peak_ratio']:.2f}×"
+                                                            if "step_peak_ratio" in t else ""))
+    return lines
+
+
 def _md(results: dict[str, Any]) -> str:
     c = results["conditions"]
     lines = [f"# Benchmark ({'quick' if c['quick'] else 'full'})", "",
@@ -209,12 +263,15 @@ def _md(results: dict[str, Any]) -> str:
         lines.append(f"- data loading (det_train 320, {d['workers']} workers): "
                      f"{d['loader']['images_per_s_after_first_batch'] or 0:.1f} img/s vs training step "
                      f"{d.get('train_images_per_s', float('nan')):.1f} img/s → {d.get('ratio', float('nan')):.2f}×")
+    if "v3" in results:
+        lines += _md_v3(results["v3"])
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    p.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
+    p.add_argument("--v3", action="store_true", help="add the GhostNetV3 rows (see above)")
     p.add_argument("--out", type=Path, default=Path("bench_out"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=15, help="batch-1 rounds (batch 8: a third)")
@@ -278,6 +335,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 d["train_images_per_s"] = train["images_per_s"]
                 d["ratio"] = (d["loader"]["images_per_s_after_first_batch"] or 0) / train["images_per_s"]
             results["data"] = d
+    if args.v3:
+        results["v3"] = _v3(args)
     results["conditions"]["load_end"] = [round(v, 2) for v in os.getloadavg()]
     (args.out / "benchmark.json").write_text(json.dumps(results, indent=1))
     md = _md(results)

@@ -6,7 +6,8 @@ with the eager model. Detectors are exported up to their head outputs (see
 ``ghost_vision.deploy.export.exportable``). By default the rewritten models are exported: for ONNX
 ``optimize_for_onnx`` (BatchNorm folded, concat-free Ghost modules where onnxruntime would reorder around a
 concatenation), for TorchScript the fast path ``optimize(script=False)`` (scripted here, not frozen);
-``--plain`` exports the model as built.
+``--plain`` exports the model as built. GhostNetV3 models are always exported re-parameterized (their
+training branches fused, ``ghost_vision.models.reparameterize``), also with ``--plain``.
 
 Usage:
     python tools/export.py ghostnet_100 --out exported
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ghost_vision.deploy import optimize, optimize_for_onnx  # noqa: E402
 from ghost_vision.deploy.export import export_onnx, export_torchscript  # noqa: E402
-from ghost_vision.models import VARIANTS, create_ghostnet, load_weights  # noqa: E402
+from ghost_vision.models import VARIANTS, create_ghostnet, load_weights, reparameterize  # noqa: E402
 
 _MODULES = ("ghost_vision.models.detection", "ghost_vision.models.segmentation", "torchvision.models.detection",
             "torchvision.models.segmentation", "torchvision.models")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.weights:
         load_weights(model, args.weights) if args.model in VARIANTS else model.load_state_dict(
             torch.load(args.weights, map_location="cpu", weights_only=True))
-    model.eval()
+    reparameterize(model.eval())  # GhostNetV3: always the fused inference form (no-op for v1/v2)
     onnx_model = model if args.plain else optimize_for_onnx(model)
     ts_model = model if args.plain else optimize(model, script=False)
     h, w = args.size or ((224, 224) if args.model in VARIANTS else (320, 320))

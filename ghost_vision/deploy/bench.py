@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PAIRS", "build", "count_params", "count_macs", "interleaved", "ratio_summary", "train_step",
-           "train_step_subprocess", "peak_rss_mb", "ort_op_profile"]
+__all__ = ["PAIRS", "V3_VARIANTS", "V3_TRAIN", "build", "count_params", "count_macs", "interleaved", "ratio_summary",
+           "train_step", "train_step_subprocess", "peak_rss_mb", "ort_op_profile", "v3_costs"]
 
 
 def _det_images(size: int) -> Callable[[int], list[Tensor]]:
@@ -67,6 +67,32 @@ PAIRS: dict[str, dict[str, Any]] = {
         peer=("lraspp_mobilenet_v3_large", dict(num_classes=19)),
         input=_tensor(512, 1024)),
 }
+
+
+#: GhostNetV3 rows of the benchmark (``tools/benchmark.py --v3``): training vs deploy form, and one SSDLite
+#: training step on the v3 training form against the same detector on GhostNet v1.
+V3_VARIANTS = ("ghostnetv3_050", "ghostnetv3_100", "ghostnetv3_130", "ghostnetv3_160")
+V3_TRAIN: dict[str, tuple[str, dict[str, Any]]] = {
+    "v1": ("ssdlite320_ghostnet", dict(num_classes=91, backbone="ghostnet_100")),
+    "v3": ("ssdlite320_ghostnet", dict(num_classes=91, backbone="ghostnetv3_100")),
+}
+
+
+def v3_costs(names: tuple[str, ...] = V3_VARIANTS, size: int = 224) -> dict[str, dict[str, float]]:
+    """Params (M) and MACs (G, at ``size`` px) of each GhostNetV3 classifier in its training form and after
+    :func:`~ghost_vision.models.reparameterize` (counted on the meta device: no weights are allocated)."""
+    from ..models import create_ghostnet, reparameterize
+
+    out = {}
+    for name in names:
+        with torch.device("meta"):
+            model = create_ghostnet(name).eval()
+        x = torch.zeros(1, 3, size, size, device="meta")
+        row = {"train_params_m": count_params(model) / 1e6, "train_macs_g": count_macs(model, x) / 1e9}
+        reparameterize(model)
+        row.update(deploy_params_m=count_params(model) / 1e6, deploy_macs_g=count_macs(model, x) / 1e9)
+        out[name] = row
+    return out
 
 
 def build(spec: tuple[Any, ...]) -> nn.Module:
@@ -191,11 +217,13 @@ def train_step(spec: tuple[Any, ...], batch: int, size: int = 320, steps: int = 
 
 def train_step_subprocess(pair: str, which: str, batch: int, threads: int, steps: int = 2,
                           timeout: float = 900) -> dict[str, Any]:
-    """:func:`train_step` in a fresh interpreter (clean RSS accounting), as JSON."""
+    """:func:`train_step` in a fresh interpreter (clean RSS accounting), as JSON. ``pair`` is a key of
+    :data:`PAIRS` (``which`` is ``"ghost"`` or ``"peer"``) or ``"v3"`` (``which``: a key of :data:`V3_TRAIN`)."""
+    table = "V3_TRAIN" if pair == "v3" else f"PAIRS[{pair!r}]"
     code = (
         f"import json, sys, torch; torch.set_num_threads({threads}); "
-        "from ghost_vision.deploy.bench import PAIRS, train_step; "
-        f"print('@@' + json.dumps(train_step(PAIRS[{pair!r}][{which!r}], {batch}, steps={steps})))"
+        "from ghost_vision.deploy.bench import PAIRS, V3_TRAIN, train_step; "
+        f"print('@@' + json.dumps(train_step({table}[{which!r}], {batch}, steps={steps})))"
     )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)

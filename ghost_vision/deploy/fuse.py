@@ -43,6 +43,7 @@ from ..models.layers import (
     dfc_gate,
     dfc_pool,
 )
+from ..models.layers_v3 import GhostBottleneckV3, GhostModuleV3, bn_scale_shift, reparameterize
 
 __all__ = [
     "BN_TYPES",
@@ -59,19 +60,9 @@ BN_TYPES = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
 
 def _bn_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
-    if isinstance(bn, nn.BatchNorm2d):
-        if bn.running_mean is None or bn.running_var is None:
-            raise ValueError("cannot fold a BatchNorm2d without running statistics (track_running_stats=False)")
-        if bn.training:
-            raise RuntimeError("BatchNorm is in training mode: call model.eval() before optimizing")
-    var, mean, eps = bn.running_var.double(), bn.running_mean.double(), bn.eps
-    scale = torch.rsqrt(var + eps)
-    if getattr(bn, "weight", None) is not None:
-        scale = scale * bn.weight.detach().double()
-    shift = -mean * scale
-    if getattr(bn, "bias", None) is not None:
-        shift = shift + bn.bias.detach().double()
-    return scale, shift
+    if isinstance(bn, nn.BatchNorm2d) and bn.training:
+        raise RuntimeError("BatchNorm is in training mode: call model.eval() before optimizing")
+    return bn_scale_shift(bn)
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
@@ -232,7 +223,8 @@ class FastGhostBottleneck(GhostBottleneck):
         nn.Module.__init__(self)
         self.stride, self.has_dw = src.stride, src.has_dw
         self.ghost1 = _fast(src.ghost1)
-        self.conv_dw = fold_bn(src.conv_dw, src.bn_dw) if src.conv_dw is not None else None
+        # bn_dw is nn.Identity in a reparameterized GhostNetV3 block (its conv_dw carries the bias)
+        self.conv_dw = _fused_chain(src.conv_dw, src.bn_dw)[0] if src.conv_dw is not None else None
         self.bn_dw = None
         self.se = FastSqueezeExcite(src.se) if src.se is not None else None
         self.ghost2 = _fast(src.ghost2)
@@ -309,7 +301,8 @@ def unfused_batchnorms(model: nn.Module) -> list[str]:
 
 def fuse_model(model: nn.Module, *, inplace: bool = False, fold_se: bool = True) -> nn.Module:
     """Fold every BatchNorm that follows a convolution and swap Ghost modules/bottlenecks/SE blocks for
-    their fused versions, wherever they sit in ``model``. The model must be in eval mode."""
+    their fused versions, wherever they sit in ``model``; GhostNetV3 blocks are first re-parameterized
+    (:func:`~ghost_vision.models.reparameterize`). The model must be in eval mode."""
     bad = [n for n, m in model.named_modules() if m.training and isinstance(m, BN_TYPES)]
     if model.training or bad:
         raise RuntimeError(
@@ -318,8 +311,9 @@ def fuse_model(model: nn.Module, *, inplace: bool = False, fold_se: bool = True)
         )
     if not inplace:
         model = copy.deepcopy(model)
-    if isinstance(model, (GhostBottleneck, GhostModule)):
+    if isinstance(model, (GhostBottleneck, GhostModule, GhostBottleneckV3, GhostModuleV3)):
         raise TypeError("pass a model containing Ghost blocks, not a bare block (it cannot be replaced in place)")
+    reparameterize(model)  # GhostNetV3's training branches -> v1/v2 blocks with biased convs
     _rewrite(model, fold_se)
     for p in model.parameters():  # inference only: folded weights are not the trained parameters any more
         p.requires_grad_(False)

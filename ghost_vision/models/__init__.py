@@ -18,9 +18,14 @@ from .factory import (
     ghostnetv2_100,
     ghostnetv2_130,
     ghostnetv2_160,
+    ghostnetv3_050,
+    ghostnetv3_100,
+    ghostnetv3_130,
+    ghostnetv3_160,
     resolve_variant,
 )
 from .ghostnet import GhostNet, GhostNetFeatures
+from .layers_v3 import reparameterize
 from .registry import get_model, list_models
 from .segmentation import GhostDeepLabV3, GhostLRASPP, deeplabv3_ghostnet, lraspp_ghostnet
 from .weights import WeightsMismatchError, load_weights, read_state_dict
@@ -48,7 +53,12 @@ __all__ = [
     "ghostnetv2_100",
     "ghostnetv2_130",
     "ghostnetv2_160",
+    "ghostnetv3_050",
+    "ghostnetv3_100",
+    "ghostnetv3_130",
+    "ghostnetv3_160",
     "list_models",
+    "reparameterize",
     "load_weights",
     "read_state_dict",
     "resolve_variant",

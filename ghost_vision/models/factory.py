@@ -21,6 +21,10 @@ __all__ = [
     "ghostnetv2_100",
     "ghostnetv2_130",
     "ghostnetv2_160",
+    "ghostnetv3_050",
+    "ghostnetv3_100",
+    "ghostnetv3_130",
+    "ghostnetv3_160",
 ]
 
 #: name -> (version, width). Names are timm's, so checkpoints and docs line up.
@@ -31,6 +35,10 @@ VARIANTS: dict[str, tuple[int, float]] = {
     "ghostnetv2_100": (2, 1.0),
     "ghostnetv2_130": (2, 1.3),
     "ghostnetv2_160": (2, 1.6),
+    "ghostnetv3_050": (3, 0.5),
+    "ghostnetv3_100": (3, 1.0),
+    "ghostnetv3_130": (3, 1.3),
+    "ghostnetv3_160": (3, 1.6),
 }
 
 Weights = str | os.PathLike | Mapping[str, Tensor] | None
@@ -69,7 +77,9 @@ def create_ghostnet(
     """Build a GhostNet variant by name (see :data:`VARIANTS`).
 
     Args:
-        name: ``ghostnet_050/100/130`` (v1) or ``ghostnetv2_100/130/160`` (v2, DFC attention).
+        name: ``ghostnet_050/100/130`` (v1), ``ghostnetv2_100/130/160`` (v2, DFC attention) or
+            ``ghostnetv3_050/100/130/160`` (v3, built in its multi-branch training form: call
+            :func:`~ghost_vision.models.reparameterize` before deploying).
         weights: ``None``, a checkpoint path, a state dict, or ``"timm"`` (fetch the published weights;
             needs timm and internet).
         features_only: return a :class:`GhostNetFeatures` backbone instead of the classifier.
@@ -145,7 +155,7 @@ def _builder(name: str):
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = (
-        f"GhostNet{'V2' if version == 2 else ''} {width}x (``{name}``); keyword arguments as for "
+        f"GhostNet{f'V{version}' if version > 1 else ''} {width}x (``{name}``); keyword arguments as for "
         f":func:`create_ghostnet`.\n\n"
         f"    Example:\n"
         f"        >>> from ghost_vision.models import {name}\n"
@@ -161,3 +171,7 @@ ghostnet_130 = _builder("ghostnet_130")
 ghostnetv2_100 = _builder("ghostnetv2_100")
 ghostnetv2_130 = _builder("ghostnetv2_130")
 ghostnetv2_160 = _builder("ghostnetv2_160")
+ghostnetv3_050 = _builder("ghostnetv3_050")
+ghostnetv3_100 = _builder("ghostnetv3_100")
+ghostnetv3_130 = _builder("ghostnetv3_130")
+ghostnetv3_160 = _builder("ghostnetv3_160")

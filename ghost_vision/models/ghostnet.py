@@ -1,7 +1,9 @@
-"""GhostNet v1 / v2 classifiers and multi-scale feature backbones.
+"""GhostNet v1 / v2 / v3 classifiers and multi-scale feature backbones.
 
 The architecture table, channel rounding and module names are those of the official code and of timm,
-so ``load_state_dict(timm_model.state_dict(), strict=True)`` works for every variant.
+so ``load_state_dict(timm_model.state_dict(), strict=True)`` works for every variant. GhostNetV3 is built
+in its re-parameterisable training form (:mod:`ghost_vision.models.layers_v3`); ``model.reparameterize()``
+fuses it into the inference form.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Dict  # noqa: UP035 - TorchScript resolves typing.Dict
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import ConvBnAct, GhostBottleneck, make_divisible
+from .layers_v3 import GhostBottleneckV3, reparameterize
 
 __all__ = ["GhostNet", "GhostNetFeatures", "GHOSTNET_CFG", "LEVEL_STAGES", "LEVEL_STRIDES"]
 
@@ -36,8 +40,8 @@ NUM_STAGES = len(GHOSTNET_CFG) + 1  # + the final 1x1 ConvBnAct (blocks.9)
 
 
 def _check_common(version: int, width: float) -> None:
-    if version not in (1, 2):
-        raise ValueError(f"GhostNet version must be 1 or 2, got {version!r}")
+    if version not in (1, 2, 3):
+        raise ValueError(f"GhostNet version must be 1, 2 or 3, got {version!r}")
     if not width > 0:
         raise ValueError(f"width must be > 0 (e.g. 0.5, 1.0, 1.3), got {width!r}")
 
@@ -60,12 +64,17 @@ class _GhostTrunk(nn.Module):
                 out_chs, mid_chs = make_divisible(c * width, 4), make_divisible(exp * width, 4)
                 in_dil, dil = dilations[stage_idx], dilations[stage_idx + 1]
                 stride = int(s) if in_dil == dil else 1
-                layers.append(
-                    GhostBottleneck(
+                if version == 3:  # timm: DFC attention ("shortcut" mode) from the third bottleneck on
+                    block: nn.Module = GhostBottleneckV3(
+                        prev, mid_chs, out_chs, int(k), stride, se,
+                        mode="shortcut" if layer_idx > 1 else "original", dilation=dil, in_dilation=in_dil,
+                    )
+                else:
+                    block = GhostBottleneck(
                         prev, mid_chs, out_chs, int(k), stride, se,
                         attn=version == 2 and layer_idx > 1, dilation=dil, in_dilation=in_dil,
                     )
-                )
+                layers.append(block)
                 in_dil = dil
                 prev, layer_idx = out_chs, layer_idx + 1
             stages.append(nn.Sequential(*layers))
@@ -80,13 +89,20 @@ class _GhostTrunk(nn.Module):
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.act1(self.bn1(self.conv_stem(x)))
 
+    @torch.jit.unused
+    def reparameterize(self) -> _GhostTrunk:
+        """Fuse GhostNetV3's training branches into the inference form in place (no-op for v1/v2); returns
+        ``self``. See :func:`ghost_vision.models.reparameterize`."""
+        return reparameterize(self)
+
 
 class GhostNet(_GhostTrunk):
-    """GhostNet image classifier (v1, or v2 with DFC attention), key-compatible with timm/official.
+    """GhostNet image classifier (v1, v2 with DFC attention, or v3 in its re-parameterisable training
+    form), key-compatible with timm/official.
 
     Args:
-        version: 1 (GhostNet) or 2 (GhostNetV2).
-        width: channel multiplier (0.5, 1.0, 1.3 for v1; 1.0, 1.3, 1.6 for v2 in the papers).
+        version: 1 (GhostNet), 2 (GhostNetV2) or 3 (GhostNetV3; call :meth:`reparameterize` to deploy).
+        width: channel multiplier (0.5, 1.0, 1.3 for v1; 1.0, 1.3, 1.6 for v2; 0.5-1.6 for v3).
         num_classes: classifier outputs (1000 for ImageNet).
         drop_rate: dropout before the classifier.
         in_chans: input channels.

@@ -143,7 +143,12 @@ class GhostModuleV2(GhostModule):
     def __init__(self, in_chs: int, out_chs: int, *, use_act: bool = True, dilation: int = 1) -> None:
         super().__init__(in_chs, out_chs, use_act=use_act, dilation=dilation)
         self.pool = 2 * dilation
-        self.short_conv = nn.Sequential(
+        self.short_conv = self.dfc_branch(in_chs, out_chs)
+
+    @staticmethod
+    def dfc_branch(in_chs: int, out_chs: int) -> nn.Sequential:
+        """The DFC attention branch ``short_conv``: 1x1 conv + BN, (1,5) and (5,1) depthwise convs + BN."""
+        return nn.Sequential(
             nn.Conv2d(in_chs, out_chs, 1, bias=False),
             nn.BatchNorm2d(out_chs),
             _dw_conv(out_chs, (1, 5)),
@@ -195,15 +200,21 @@ class GhostBottleneck(nn.Module):
             self.bn_dw = None
         self.se = SqueezeExcite(mid_chs, se_ratio) if se_ratio and se_ratio > 0 else None
         self.ghost2 = GhostModule(mid_chs, out_chs, use_act=False, dilation=dilation)
-        if in_chs == out_chs and not self.has_dw:
-            self.shortcut = nn.Sequential()
-        else:
-            self.shortcut = nn.Sequential(
-                _dw_conv(in_chs, dw_kernel_size, stride=stride, dilation=in_dilation),
-                nn.BatchNorm2d(in_chs),
-                nn.Conv2d(in_chs, out_chs, 1, bias=False),
-                nn.BatchNorm2d(out_chs),
-            )
+        self.shortcut = self.make_shortcut(in_chs, out_chs, dw_kernel_size, stride, in_dilation, self.has_dw)
+
+    @staticmethod
+    def make_shortcut(
+        in_chs: int, out_chs: int, dw_kernel_size: int, stride: int, in_dilation: int, has_dw: bool
+    ) -> nn.Sequential:
+        """Identity (an empty ``Sequential``) when shapes allow, else k x k depthwise + BN + 1x1 conv + BN."""
+        if in_chs == out_chs and not has_dw:
+            return nn.Sequential()
+        return nn.Sequential(
+            _dw_conv(in_chs, dw_kernel_size, stride=stride, dilation=in_dilation),
+            nn.BatchNorm2d(in_chs),
+            nn.Conv2d(in_chs, out_chs, 1, bias=False),
+            nn.BatchNorm2d(out_chs),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_from_expansion(x, self.ghost1(x))

@@ -15,6 +15,8 @@ __all__ = ["load_weights", "read_state_dict", "WeightsMismatchError"]
 # Counters that thop leaves in the official checkpoints (timm's checkpoint_filter_fn drops them too).
 _JUNK = re.compile(r"(^|\.)(total_ops|total_params)$")
 _CLASSIFIER = re.compile(r"^(conv_head|classifier)\.")
+# The official GhostNetV3 checkpoint names its branch BatchNorms ``bn``; timm (and this package) ``bn1``.
+_V3_BRANCH_BN = re.compile(r"(_rpr_(?:conv\.\d+|scale))\.bn\.")
 
 
 class WeightsMismatchError(RuntimeError):
@@ -52,7 +54,7 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Tensor]) -> dict[st
     if not all(isinstance(v, Tensor) for v in sd.values()):
         bad = [k for k, v in sd.items() if not isinstance(v, Tensor)][:5]
         raise WeightsMismatchError(f"not a state dict: entries {bad} are not tensors")
-    return {k: v for k, v in sd.items() if not _JUNK.search(k)}
+    return {_V3_BRANCH_BN.sub(r"\1.bn1.", k): v for k, v in sd.items() if not _JUNK.search(k)}
 
 
 def _strip_prefixes(sd: dict[str, Tensor], target_keys: set[str]) -> dict[str, Tensor]:
@@ -114,6 +116,9 @@ def load_weights(
                 shown = ", ".join(keys[:12]) + (f", ... ({len(keys) - 12} more)" if len(keys) > 12 else "")
                 parts.append(f"{len(keys)} {title}: {shown}")
         parts.append("Check the variant (version and width) matches the checkpoint.")
+        if any("_rpr_" in k for k in missing + unexpected):
+            parts.append("GhostNetV3: a training-form checkpoint (keys *_rpr_*) loads into the model as built, "
+                         "a deploy-form one after ghost_vision.models.reparameterize(model).")
         raise WeightsMismatchError("\n  ".join(parts))
     ok = {k: v for k, v in sd.items() if k in target and v.shape == target[k].shape}
     model.load_state_dict(ok, strict=strict)

@@ -72,3 +72,24 @@ def test_fasterrcnn_overfits_one_batch() -> None:
     )
     first, last, steps = _overfit(model, lr=5e-4)
     assert last <= 0.2 * first, f"Faster R-CNN loss {first:.3f} -> {last:.3f} after {steps} steps"
+
+
+@pytest.mark.slow
+def test_ssdlite_ghostnetv3_overfits_one_batch() -> None:
+    """GhostNetV3 trains in its multi-branch form (every branch gets gradients) and fuses afterwards."""
+    from ghost_vision.models import reparameterize
+
+    torch.manual_seed(0)
+    model = ssdlite320_ghostnet(num_classes=3, backbone="ghostnetv3_050")
+    first, last, steps = _overfit(model, lr=1e-3)
+    assert last <= 0.2 * first, f"SSDLite-GhostNetV3 loss {first:.3f} -> {last:.3f} after {steps} steps"
+    branches = model.backbone.body.blocks[3][0].ghost1.cheap_rpr_conv
+    assert all(b.conv.weight.grad is not None and b.conv.weight.grad.abs().sum() > 0 for b in branches)
+    images, _ = _synthetic_batch()
+    model.eval()
+    with torch.no_grad():
+        x = model.transform(images)[0].tensors
+        before = list(model.backbone(x).values())
+        after = list(reparameterize(model).backbone(x).values())
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, a.abs().max().item()))
