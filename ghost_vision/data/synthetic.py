@@ -38,6 +38,7 @@ __all__ = [
     "SYNTHETIC_COCO_CATEGORY_IDS",
     "write_synthetic_cityscapes",
     "write_synthetic_coco",
+    "read_marker",
     "write_synthetic_voc",
 ]
 
@@ -60,17 +61,23 @@ def _image_size(rng: np.random.Generator) -> tuple[int, int]:
     return (w, h) if rng.random() < 0.2 else (h, w)
 
 
+def read_marker(root: str | Path) -> dict[str, Any] | None:
+    """The parameters a writer recorded in ``root`` (``format``, ``num_train``, ...), ``None`` when ``root``
+    holds no complete synthetic dataset."""
+    try:
+        return json.loads((Path(root) / MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def _materialize(root: str | Path, params: dict[str, Any], write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp)`` and move ``tmp`` to ``root`` with a marker, unless ``root`` already matches."""
     root = Path(root)
     params = {"version": _FORMAT_VERSION, **params}
     marker = root / MARKER
     if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == params:
-                return root
-        except json.JSONDecodeError:
-            pass
+        if read_marker(root) == params:
+            return root
     elif root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not a synthetic dataset folder (no {MARKER}); choose another root")
     root.parent.mkdir(parents=True, exist_ok=True)
