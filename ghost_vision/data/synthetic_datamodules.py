@@ -18,18 +18,22 @@ from .datamodules import (
     VOCDetectionDataModule,
     VOCSegmentationDataModule,
 )
+from .folder_datamodule import SegmentationFolderDataModule
 from .synthetic import (
     SYNTHETIC_CLASSES,
     SYNTHETIC_COCO_CATEGORY_IDS,
+    SYNTHETIC_FOLDER_CLASSES,
     read_marker,
     write_synthetic_cityscapes,
     write_synthetic_coco,
+    write_synthetic_folder,
     write_synthetic_voc,
 )
 
 __all__ = [
     "SyntheticCityscapesDataModule",
     "SyntheticCocoDataModule",
+    "SyntheticSegmentationFolderDataModule",
     "SyntheticVOCDetectionDataModule",
     "SyntheticVOCSegmentationDataModule",
 ]
@@ -228,6 +232,49 @@ class SyntheticCityscapesDataModule(_WritesSyntheticData, CityscapesDataModule):
             root, train_split="train", val_split="val", skip_corrupt=skip_corrupt, batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
             pin_memory=pin_memory, crop_size=crop_size, scale=scale, eval_size=eval_size,
             train_transform=train_transform, eval_transform=eval_transform,
+            train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
+        )
+        self.num_train, self.num_val, self.seed = num_train, num_val, seed
+
+
+class SyntheticSegmentationFolderDataModule(_WritesSyntheticData, SegmentationFolderDataModule):
+    """Synthetic shapes as image/mask folders (``images/{train,val}``, ``masks/{train,val}``; grayscale masks
+    0 background, 1..4 shapes, 255 ignored; ``num_classes`` 5): the recipe ``deeplabv3_ghost_folder`` runs
+    on it, and swapping in :class:`SegmentationFolderDataModule` with your ``root`` and ``classes`` trains on
+    your data.
+
+    Example:
+        >>> dm = SyntheticSegmentationFolderDataModule(crop_size=256)
+        >>> dm.num_classes, dm.classes[:2]
+        (5, ('background', 'circle'))
+    """
+
+    _writer = staticmethod(write_synthetic_folder)
+
+    def __init__(
+        self,
+        root: str = "data_cache/shapes_folder",
+        num_train: int = 200,
+        num_val: int = 50,
+        seed: int = 0,
+        *,
+        batch_size: int = 8,
+        val_batch_size: int | None = 1,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        crop_size: int = 256,
+        scale: tuple[float, float] = (0.5, 2.0),
+        eval_size: int | tuple[int, int] | None = None,
+        train_transform: str | None = "seg_train",
+        eval_transform: str | None = "seg_eval",
+        train_transform_kwargs: dict[str, Any] | None = None,
+        eval_transform_kwargs: dict[str, Any] | None = None,
+        skip_corrupt: bool = False,
+    ) -> None:
+        super().__init__(
+            root, classes=SYNTHETIC_FOLDER_CLASSES, skip_corrupt=skip_corrupt, batch_size=batch_size,
+            val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory, crop_size=crop_size,
+            scale=scale, eval_size=eval_size, train_transform=train_transform, eval_transform=eval_transform,
             train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
         )
         self.num_train, self.num_val, self.seed = num_train, num_val, seed

@@ -13,8 +13,10 @@ from ghost_vision.data import (
     CityscapesDataModule,
     CocoDataModule,
     IndexedDataset,
+    SegmentationFolderDataModule,
     SyntheticCityscapesDataModule,
     SyntheticCocoDataModule,
+    SyntheticSegmentationFolderDataModule,
     SyntheticVOCDetectionDataModule,
     SyntheticVOCSegmentationDataModule,
     VOCDetectionDataModule,
@@ -24,7 +26,7 @@ from ghost_vision.data import (
 
 ALL = [CocoDataModule, VOCDetectionDataModule, VOCSegmentationDataModule, CityscapesDataModule,
        SyntheticCocoDataModule, SyntheticVOCDetectionDataModule, SyntheticVOCSegmentationDataModule,
-       SyntheticCityscapesDataModule]
+       SyntheticCityscapesDataModule, SegmentationFolderDataModule, SyntheticSegmentationFolderDataModule]
 
 
 @pytest.mark.parametrize("cls", ALL)
@@ -152,13 +154,14 @@ def test_every_shared_option_reaches_its_attribute(cls, tmp_path):
     """Options are forwarded by name: each value lands on the attribute of the same name."""
     options = _shared_options(cls)
     assert {"batch_size", "num_workers", "pin_memory", "skip_corrupt", "train_transform"} <= set(options)
-    dm = cls(root=str(tmp_path / "x"), **options)
+    required = {"classes": ("a", "b")} if cls is SegmentationFolderDataModule else {}
+    dm = cls(root=str(tmp_path / "x"), **required, **options)
     for name, value in options.items():
         got = getattr(dm, name)
         assert got == (tuple(value) if name == "scale" else value), (name, got, value)
     # keyword-only after root: a value passed by position cannot silently land on another option
     with pytest.raises(TypeError):
-        cls(str(tmp_path / "x"), *([None] * 6))
+        cls(str(tmp_path / "x"), *([None] * 6), **required)
 
 
 def test_base_classes_take_keywords_only():
