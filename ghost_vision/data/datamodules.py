@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .io import DataError
 from .loading import (
     DET_SHAPES_RECIPE,
     SEG_SHAPES_RECIPE,
@@ -128,6 +129,15 @@ class CocoDataModule(_DetectionDataModule):
             self.val_dataset = CocoDetection(
                 self.root / self.val_split, self.val_ann_file, transforms=self.eval_transforms_fn(),
                 skip_corrupt=self.skip_corrupt,
+            )
+        train, val = self.train_dataset, self.val_dataset
+        if train is not None and (train.label_to_cat_id, train.classes) != (val.label_to_cat_id, val.classes):
+            # labels are each file's sorted category ids: different lists would silently swap classes
+            raise DataError(
+                f"{self.ann_file(self.train_split)} and {self.val_ann_file} list different categories "
+                f"({dict(zip(train.label_to_cat_id.values(), train.classes))} vs "
+                f"{dict(zip(val.label_to_cat_id.values(), val.classes))}): export both splits with the same "
+                "category list (id and name)"
             )
 
 

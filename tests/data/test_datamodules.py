@@ -190,3 +190,19 @@ def test_synthetic_check_data_only_checks(tmp_path):
     with pytest.raises(FileNotFoundError, match="'num_train': 2"):
         other.check_data()
     assert other.write_data() == root and other.check_data() is None
+
+
+def test_coco_train_and_val_must_list_the_same_categories(synthetic_coco_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(synthetic_coco_root, root)
+    val = root / "annotations" / "instances_val2017.json"
+    data = json.loads(val.read_text())
+    data["categories"] = [c for c in data["categories"] if c["id"] != 5]  # "triangle" missing in val
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] != 5]
+    val.write_text(json.dumps(data))
+    dm = CocoDataModule(root=str(root), train_transform=None, num_workers=0)
+    with pytest.raises(ValueError, match=r"instances_train2017.json and .*instances_val2017.json list different "
+                                         r"categories \(\{2: 'circle', 5: 'triangle'.* vs \{2: 'circle', 9:"):
+        dm.setup("fit")
