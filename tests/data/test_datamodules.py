@@ -12,6 +12,7 @@ import torch
 from ghost_vision.data import (
     CityscapesDataModule,
     CocoDataModule,
+    DataError,
     IndexedDataset,
     SegmentationFolderDataModule,
     SyntheticCityscapesDataModule,
@@ -203,6 +204,6 @@ def test_coco_train_and_val_must_list_the_same_categories(synthetic_coco_root, t
     data["annotations"] = [a for a in data["annotations"] if a["category_id"] != 5]
     val.write_text(json.dumps(data))
     dm = CocoDataModule(root=str(root), train_transform=None, num_workers=0)
-    with pytest.raises(ValueError, match=r"instances_train2017.json and .*instances_val2017.json list different "
+    with pytest.raises(DataError, match=r"instances_train2017.json and .*instances_val2017.json list different "
                                          r"categories \(\{2: 'circle', 5: 'triangle'.* vs \{2: 'circle', 9:"):
         dm.setup("fit")
