@@ -3,6 +3,7 @@
 - :func:`read_image` returns ``H x W x 3`` uint8 RGB whatever the file's mode (grayscale, RGBA, palette,
   CMYK, 16-bit) with the EXIF orientation applied.
 - :func:`read_label_png` returns the raw ``H x W`` values of a label PNG (palette indices for palette PNGs).
+- :func:`read_colour_mask` maps a colour (RGB) label image to indices into a palette.
 - Problems raise :class:`DataError` (or :class:`FileNotFoundError` for a missing file) naming the file.
 - :class:`SkipCorrupt` implements the opt-in ``skip_corrupt=True`` behaviour of the datasets.
 """

@@ -289,3 +289,14 @@ def test_synthetic_folder_writer_is_deterministic(tmp_path):
                      "masks/val/val_00000.png"]
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert Image.open(a / "masks/train/train_00000.png").mode == "L"
+
+
+def test_make_synthetic_tool_writes_folders(tmp_path):
+    import runpy
+
+    tool = Path(__file__).resolve().parents[2] / "tools" / "make_synthetic.py"
+    root = runpy.run_path(str(tool), run_name="not_main")["main"](["folder", str(tmp_path / "f"), "--num-train", "2",
+                                                                   "--num-val", "1"])
+    ds = SegmentationFolder(root / "images" / "train", root / "masks" / "train",
+                            classes=("background", "circle", "triangle", "rectangle", "star"))
+    assert ds.ids == ["train_00000", "train_00001"]
