@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ._target import Transforms, image_to_tensor
 from .io import DataError, SkipCorrupt, SkippingDataset, read_colour_mask, read_image, read_label_png
@@ -53,6 +54,15 @@ def scan_stems(folder: Path, suffix: str, what: str) -> dict[str, Path]:
         hint = f" (it holds files ending in {_listing(sorted(others))}: set the suffix to match)" if others else ""
         raise FileNotFoundError(f"no {what} files ending in {suffix!r} in {folder}{hint}")
     return found
+
+
+def _mode(path: Path) -> str | None:
+    """The PIL mode from the file header (``None`` when unreadable: the reader then names the problem)."""
+    try:
+        with Image.open(path) as img:
+            return img.mode
+    except (OSError, ValueError, SyntaxError):
+        return None
 
 
 def read_split_file(path: Path) -> list[str]:
@@ -209,13 +219,13 @@ class SegmentationFolder(SkippingDataset):
 
     def read_mask(self, path: Path) -> np.ndarray:
         """The ``H x W`` uint8 labels stored in ``path``: 0..K-1, 255 ignored (validated)."""
-        try:
-            raw = read_label_png(path)
-        except DataError:
+        if _mode(path) in ("RGB", "RGBA"):
             if self.palette is None:
-                raise DataError(f"mask {path} is not a single-channel (grayscale or palette) image: save index "
-                                "masks, or pass palette=[[R, G, B], ...] to read colour masks") from None
+                raise DataError(f"mask {path} is a colour (RGB) image: save single-channel index masks, or pass "
+                                "palette=[[R, G, B], ...] (one colour per mask value) to read colour masks")
             raw = read_colour_mask(path, self.palette)
+        else:
+            raw = read_label_png(path)  # grayscale or palette PNG; reports unreadable files and other modes
         raw = raw.astype(np.int64, copy=False)
         inside = (raw >= 0) & (raw < len(self._lut))
         labels = np.where(inside, self._lut[np.where(inside, raw, 0)], _INVALID)

@@ -150,7 +150,7 @@ def test_palette_maps_colour_masks(tmp_path):
                                         r"\[\(1, 2, 3\)\]"):
         ds[0]
     # a colour mask without a palette
-    with pytest.raises(DataError, match=r"mask .*a.png is not a single-channel .* pass palette="):
+    with pytest.raises(DataError, match=r"mask .*a.png is a colour \(RGB\) image: .* pass palette="):
         _ds(tmp_path, classes=("bg", "road", "building"), ignore_index=3)[0]
     with pytest.raises(ValueError, match="palette has 2 colours but 3 mask values need one"):
         _ds(tmp_path, classes=("bg", "road", "building"), palette=palette[:2])
@@ -208,6 +208,10 @@ def test_wrong_mask_size_and_values_are_named_and_skippable(tmp_path):
         ds[1]
     with pytest.raises(DataError, match=r"mask .*c.png has values 7, 9 outside 0..2 \(3 classes\), 255"):
         ds[2]
+    (tmp_path / "ann" / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    for palette in (None, [[0, 0, 0], [1, 1, 1], [2, 2, 2]]):
+        with pytest.raises(DataError, match=r"cannot read image .*c.png"):
+            _ds(tmp_path, palette=palette)[2]
     skipping = _ds(tmp_path, skip_corrupt=True)
     sample = skipping[1]  # b and c are bad: skipped (the next good sample, a, or None for the collate to drop)
     assert sample is None or torch.equal(sample[1], skipping[0][1])
