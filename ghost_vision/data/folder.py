@@ -56,6 +56,13 @@ def scan_stems(folder: Path, suffix: str, what: str) -> dict[str, Path]:
     return found
 
 
+def check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    """``classes`` as a tuple of names, refusing a bare string or an empty list."""
+    if isinstance(classes, str) or not classes:
+        raise ValueError(f"classes must list one name per mask value, got {classes!r}")
+    return tuple(str(c) for c in classes)
+
+
 def _mode(path: Path) -> str | None:
     """The PIL mode from the file header (``None`` when unreadable: the reader then names the problem)."""
     try:
@@ -131,7 +138,7 @@ class SegmentationFolder(SkippingDataset):
         skip_corrupt: bool = False,
     ) -> None:
         self.img_dir, self.ann_dir = Path(img_dir), Path(ann_dir)
-        self.classes: tuple[str, ...] = tuple(str(c) for c in classes)
+        self.classes = check_classes(classes)
         self.img_suffix, self.seg_map_suffix = img_suffix, seg_map_suffix
         self.ignore_index = ignore_index
         self.reduce_zero_label = reduce_zero_label
@@ -192,8 +199,6 @@ class SegmentationFolder(SkippingDataset):
         """File value -> returned label (0..K-1, 255 ignored, -1 invalid)."""
         k = len(self.classes)
         first = int(self.reduce_zero_label)  # file value of class 0
-        if k == 0:
-            raise ValueError("classes is empty: name one class per mask value")
         if first + k > IGNORE:
             raise ValueError(f"{k} classes need mask values {first}..{first + k - 1}, but 255 is the ignored value")
         ii = self.ignore_index

@@ -21,10 +21,35 @@ FOLDER_RECIPE = "deeplabv3_ghost_folder"
 class SegmentationFolderDataModule(_SegmentationDataModule):
     """Semantic segmentation from image/mask folders with your classes (``num_classes == len(classes)``).
 
-    ``*_img_dir`` / ``*_ann_dir`` / ``*_split_file`` are relative to ``root``; ``img_suffix``,
-    ``seg_map_suffix``, ``ignore_index``, ``reduce_zero_label`` and ``palette`` are passed to both
-    :class:`~ghost_vision.data.folder.SegmentationFolder` splits (see there). Val/test batches are
-    ``(images, masks, indices)`` as for the other segmentation DataModules.
+    Val/test batches are ``(images, masks, indices)`` as for the other segmentation DataModules; ``setup``
+    for validate/test needs only the val folders.
+
+    Args:
+        root: the dataset folder; the folders and split files below are relative to it.
+        classes: one name per mask value (value i is classes[i]); num_classes = len(classes).
+        train_img_dir: training images.
+        train_ann_dir: training masks (same relative stem as their image).
+        val_img_dir: validation images (point at your test split to evaluate it).
+        val_ann_dir: validation masks.
+        train_split_file: optional file of training stems, one per line.
+        val_split_file: optional file of validation stems, one per line.
+        img_suffix: image file ending.
+        seg_map_suffix: mask file ending.
+        ignore_index: mask value of unlabelled pixels (becomes 255; 255 is always ignored).
+        reduce_zero_label: ADE20K style: 0 is ignored, 1..K become 0..K-1.
+        palette: RGB colour per mask value, to read colour (RGB) masks.
+        batch_size: training batch size per process.
+        val_batch_size: validation batch size (1: images differ in size unless eval_size is set).
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory for faster GPU copies.
+        crop_size: training crop (seg_train preset).
+        scale: training random scale range (seg_train preset).
+        eval_size: resize for evaluation (seg_eval preset); None keeps the file's size.
+        train_transform: training preset name (seg_train, none).
+        eval_transform: evaluation preset name (seg_eval, none).
+        train_transform_kwargs: extra keyword arguments of the training preset.
+        eval_transform_kwargs: extra keyword arguments of the evaluation preset.
+        skip_corrupt: skip unreadable or invalid samples (counted and logged) instead of stopping.
 
     Example:
         >>> dm = SegmentationFolderDataModule("data/camvid", classes=[f"c{i}" for i in range(11)],
@@ -69,10 +94,10 @@ class SegmentationFolderDataModule(_SegmentationDataModule):
             train_transform=train_transform, eval_transform=eval_transform,
             train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
         )
-        if isinstance(classes, str) or not classes:
-            raise ValueError(f"classes must list one name per mask value, got {classes!r}")
+        from .folder import check_classes
+
         self.root = Path(root).expanduser().absolute()
-        self.classes: tuple[str, ...] = tuple(classes)
+        self.classes: tuple[str, ...] = check_classes(classes)
         self.train_img_dir, self.train_ann_dir = train_img_dir, train_ann_dir
         self.val_img_dir, self.val_ann_dir = val_img_dir, val_ann_dir
         self.train_split_file, self.val_split_file = train_split_file, val_split_file

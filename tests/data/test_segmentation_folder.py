@@ -219,7 +219,7 @@ def test_wrong_mask_size_and_values_are_named_and_skippable(tmp_path):
 
 
 def test_class_list_checks():
-    with pytest.raises(ValueError, match="classes is empty"):
+    with pytest.raises(ValueError, match=r"classes must list one name per mask value, got \(\)"):
         SegmentationFolder(".", ".", classes=())
     with pytest.raises(ValueError, match="256 classes need mask values 0..255, but 255 is the ignored value"):
         SegmentationFolder(".", ".", classes=[str(i) for i in range(256)])
