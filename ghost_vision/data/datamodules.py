@@ -135,8 +135,8 @@ class CocoDataModule(_DetectionDataModule):
             # labels are each file's sorted category ids: different lists would silently swap classes
             raise DataError(
                 f"{self.ann_file(self.train_split)} and {self.val_ann_file} list different categories "
-                f"({dict(zip(train.label_to_cat_id.values(), train.classes))} vs "
-                f"{dict(zip(val.label_to_cat_id.values(), val.classes))}): export both splits with the same "
+                f"({dict(zip(train.label_to_cat_id.values(), train.classes, strict=True))} vs "
+                f"{dict(zip(val.label_to_cat_id.values(), val.classes, strict=True))}): export both splits with the same "
                 "category list (id and name)"
             )
 
