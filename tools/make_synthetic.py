@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write the synthetic shapes datasets in COCO, Pascal VOC and/or Cityscapes format.
+"""Write the synthetic shapes datasets in COCO, Pascal VOC or Cityscapes format, or as image/mask folders.
 
 Example:
     python tools/make_synthetic.py coco data_cache/shapes_coco --num-train 200 --num-val 50
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-WRITERS = ("coco", "voc", "cityscapes")
+WRITERS = ("coco", "voc", "cityscapes", "folder")
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -17,9 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .io import DataError
 from .loading import (
-    DET_SHAPES_CONFIG,
-    SEG_SHAPES_CONFIG,
+    DET_SHAPES_RECIPE,
+    SEG_SHAPES_RECIPE,
     IndexedDataset,
     _DetectionDataModule,
     _SegmentationDataModule,
@@ -53,6 +54,7 @@ class CocoDataModule(_DetectionDataModule):
     def __init__(
         self,
         root: str = "data/coco",
+        *,
         train_split: str = "train2017",
         val_split: str = "val2017",
         batch_size: int = 16,
@@ -67,8 +69,12 @@ class CocoDataModule(_DetectionDataModule):
         remove_empty: bool = True,
         skip_corrupt: bool = False,
     ) -> None:
-        super().__init__(batch_size, val_batch_size, num_workers, pin_memory, skip_corrupt, image_size,
-                         train_transform, eval_transform, train_transform_kwargs, eval_transform_kwargs)
+        super().__init__(
+            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory,
+            skip_corrupt=skip_corrupt, image_size=image_size, train_transform=train_transform,
+            eval_transform=eval_transform, train_transform_kwargs=train_transform_kwargs,
+            eval_transform_kwargs=eval_transform_kwargs,
+        )
         self.root = Path(root).expanduser().absolute()
         self.train_split = train_split
         self.val_split = val_split
@@ -90,7 +96,7 @@ class CocoDataModule(_DetectionDataModule):
                     "COCO dataset", path,
                     "Download train2017.zip, val2017.zip and annotations_trainval2017.zip from "
                     f"https://cocodataset.org/#download and unpack them into {self.root}.",
-                    DET_SHAPES_CONFIG,
+                    DET_SHAPES_RECIPE,
                 )
 
     def _load_categories(self) -> list[dict[str, Any]]:
@@ -124,6 +130,15 @@ class CocoDataModule(_DetectionDataModule):
                 self.root / self.val_split, self.val_ann_file, transforms=self.eval_transforms_fn(),
                 skip_corrupt=self.skip_corrupt,
             )
+        train, val = self.train_dataset, self.val_dataset
+        if train is not None and (train.label_to_cat_id, train.classes) != (val.label_to_cat_id, val.classes):
+            # labels are each file's sorted category ids: different lists would silently swap classes
+            raise DataError(
+                f"{self.ann_file(self.train_split)} and {self.val_ann_file} list different categories "
+                f"({dict(zip(train.label_to_cat_id.values(), train.classes, strict=True))} vs "
+                f"{dict(zip(val.label_to_cat_id.values(), val.classes, strict=True))}): export both splits with the same "
+                "category list (id and name)"
+            )
 
 
 class VOCDetectionDataModule(_DetectionDataModule):
@@ -141,6 +156,7 @@ class VOCDetectionDataModule(_DetectionDataModule):
     def __init__(
         self,
         root: str = "data/VOCdevkit",
+        *,
         train_years: tuple[str, ...] = ("2007", "2012"),
         train_image_set: str = "trainval",
         val_years: tuple[str, ...] = ("2007",),
@@ -158,8 +174,12 @@ class VOCDetectionDataModule(_DetectionDataModule):
         eval_transform_kwargs: dict[str, Any] | None = None,
         skip_corrupt: bool = False,
     ) -> None:
-        super().__init__(batch_size, val_batch_size, num_workers, pin_memory, skip_corrupt, image_size,
-                         train_transform, eval_transform, train_transform_kwargs, eval_transform_kwargs)
+        super().__init__(
+            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory,
+            skip_corrupt=skip_corrupt, image_size=image_size, train_transform=train_transform,
+            eval_transform=eval_transform, train_transform_kwargs=train_transform_kwargs,
+            eval_transform_kwargs=eval_transform_kwargs,
+        )
         from .voc import VOC_CLASSES
 
         self.root = Path(root).expanduser().absolute()
@@ -179,7 +199,7 @@ class VOCDetectionDataModule(_DetectionDataModule):
                     "Download VOCtrainval_06-Nov-2007.tar, VOCtest_06-Nov-2007.tar and VOCtrainval_11-May-2012.tar "
                     f"from http://host.robots.ox.ac.uk/pascal/VOC/ and unpack them so that {self.root} is the "
                     "VOCdevkit folder holding VOC2007/ and VOC2012/.",
-                    DET_SHAPES_CONFIG,
+                    DET_SHAPES_RECIPE,
                 )
 
     def setup(self, stage: str | None = None) -> None:
@@ -211,6 +231,7 @@ class VOCSegmentationDataModule(_SegmentationDataModule):
     def __init__(
         self,
         root: str = "data/VOCdevkit",
+        *,
         year: str = "2012",
         train_image_set: str = "train",
         val_image_set: str = "val",
@@ -228,8 +249,12 @@ class VOCSegmentationDataModule(_SegmentationDataModule):
         eval_transform_kwargs: dict[str, Any] | None = None,
         skip_corrupt: bool = False,
     ) -> None:
-        super().__init__(batch_size, val_batch_size, num_workers, pin_memory, skip_corrupt, crop_size, scale,
-                         eval_size, train_transform, eval_transform, train_transform_kwargs, eval_transform_kwargs)
+        super().__init__(
+            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory,
+            skip_corrupt=skip_corrupt, crop_size=crop_size, scale=scale, eval_size=eval_size,
+            train_transform=train_transform, eval_transform=eval_transform,
+            train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
+        )
         from .voc import VOC_CLASSES
 
         self.root = Path(root).expanduser().absolute()
@@ -250,7 +275,7 @@ class VOCSegmentationDataModule(_SegmentationDataModule):
                     "Pascal VOC segmentation dataset", path,
                     "Download VOCtrainval_11-May-2012.tar from http://host.robots.ox.ac.uk/pascal/VOC/ and unpack "
                     f"it so that {self.root} is the VOCdevkit folder.",
-                    SEG_SHAPES_CONFIG,
+                    SEG_SHAPES_RECIPE,
                 )
 
     def setup(self, stage: str | None = None) -> None:
@@ -280,6 +305,7 @@ class CityscapesDataModule(_SegmentationDataModule):
     def __init__(
         self,
         root: str = "data/cityscapes",
+        *,
         train_split: str = "train",
         val_split: str = "val",
         batch_size: int = 8,
@@ -295,8 +321,12 @@ class CityscapesDataModule(_SegmentationDataModule):
         eval_transform_kwargs: dict[str, Any] | None = None,
         skip_corrupt: bool = False,
     ) -> None:
-        super().__init__(batch_size, val_batch_size, num_workers, pin_memory, skip_corrupt, crop_size, scale,
-                         eval_size, train_transform, eval_transform, train_transform_kwargs, eval_transform_kwargs)
+        super().__init__(
+            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory,
+            skip_corrupt=skip_corrupt, crop_size=crop_size, scale=scale, eval_size=eval_size,
+            train_transform=train_transform, eval_transform=eval_transform,
+            train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
+        )
         from .cityscapes import CITYSCAPES_CLASSES
 
         self.root = Path(root).expanduser().absolute()
@@ -313,7 +343,7 @@ class CityscapesDataModule(_SegmentationDataModule):
                         "Cityscapes dataset", path,
                         "Register at https://www.cityscapes-dataset.com/downloads/, download "
                         f"leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip and unpack both into {self.root}.",
-                        SEG_SHAPES_CONFIG,
+                        SEG_SHAPES_RECIPE,
                     )
 
     def setup(self, stage: str | None = None) -> None:

@@ -3,6 +3,7 @@
 - :func:`read_image` returns ``H x W x 3`` uint8 RGB whatever the file's mode (grayscale, RGBA, palette,
   CMYK, 16-bit) with the EXIF orientation applied.
 - :func:`read_label_png` returns the raw ``H x W`` values of a label PNG (palette indices for palette PNGs).
+- :func:`read_colour_mask` maps a colour (RGB) label image to indices into a palette.
 - Problems raise :class:`DataError` (or :class:`FileNotFoundError` for a missing file) naming the file.
 - :class:`SkipCorrupt` implements the opt-in ``skip_corrupt=True`` behaviour of the datasets.
 """
@@ -21,7 +22,9 @@ from torch.utils.data import Dataset
 
 logger = logging.getLogger("ghost_vision.data")
 
-__all__ = ["DataError", "SkipCorrupt", "SkippingDataset", "read_image", "read_label_png", "require_file"]
+__all__ = [
+    "DataError", "SkipCorrupt", "SkippingDataset", "read_colour_mask", "read_image", "read_label_png", "require_file",
+]
 
 
 class DataError(ValueError):
@@ -151,3 +154,27 @@ class SkippingDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def read_colour_mask(path: str | Path, palette: np.ndarray) -> np.ndarray:
+    """Read a colour (RGB) label image as ``H x W`` int64 indices into ``palette`` (``P x 3`` uint8).
+
+    Every pixel's colour must be one of the palette's; otherwise :class:`DataError` names the file and the
+    first unknown colours.
+    """
+    path = Path(path)
+    palette = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
+    rgb = read_image(path).astype(np.int64)
+    code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    known = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
+    order = np.argsort(known, kind="stable")
+    pos = np.searchsorted(known[order], code).clip(0, len(known) - 1)
+    found = known[order][pos] == code
+    if not found.all():
+        unknown = np.unique(code[~found])
+        shown = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in unknown[:5].tolist()]
+        raise DataError(
+            f"colour mask {path} has {len(unknown)} colour(s) outside the palette, e.g. RGB {shown}: "
+            "add them to the palette (its position is the mask value) or fix the mask"
+        )
+    return order[pos]

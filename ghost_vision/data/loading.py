@@ -11,10 +11,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from .resumable import ResumableDataLoader
 
-__all__ = ["IndexedDataset", "build_preset", "detection_collate", "missing_data_error"]
+__all__ = ["IndexedDataset", "build_preset", "detection_collate", "missing_data_error", "recipe_hint"]
 
-DET_SHAPES_CONFIG = "configs/ssdlite_ghost_shapes.yaml"
-SEG_SHAPES_CONFIG = "configs/deeplabv3_ghost_shapes.yaml"
+# The synthetic recipes that the "dataset not found" messages suggest (named, not addressed by a path: the
+# recipes are found by name wherever they are installed).
+DET_SHAPES_RECIPE = "ssdlite_ghost_shapes"
+SEG_SHAPES_RECIPE = "deeplabv3_ghost_shapes"
+
+
+def recipe_hint(name: str) -> str:
+    """``"recipe NAME (configs/NAME.yaml)"``: how messages refer to a packaged recipe."""
+    return f"recipe {name} (configs/{name}.yaml)"
 
 
 def detection_collate(batch: Sequence[tuple[Any, Any]]) -> tuple[tuple[Any, ...], ...]:
@@ -45,10 +52,11 @@ class IndexedDataset(Dataset):
         return getattr(self.dataset, name)
 
 
-def missing_data_error(what: str, expected: Path, how: str, synthetic_config: str) -> FileNotFoundError:
+def missing_data_error(what: str, expected: Path, how: str, synthetic_recipe: str) -> FileNotFoundError:
+    """A :class:`FileNotFoundError` naming the expected path, where to get the data and a synthetic recipe."""
     return FileNotFoundError(
         f"{what} not found: expected {expected}. {how} "
-        f"To try the pipeline without downloading anything, use the synthetic config {synthetic_config}."
+        f"To try the pipeline without downloading anything, train the synthetic {recipe_hint(synthetic_recipe)}."
     )
 
 
@@ -62,11 +70,30 @@ def build_preset(preset: str | None, defaults: dict[str, Any], extra: dict[str, 
 
 
 class _BaseDataModule(L.LightningDataModule):
+    """Loader, corrupt-sample and transform options shared by every DataModule.
+
+    Every option is keyword-only: subclasses forward them by name (``batch_size=batch_size``), so no
+    reordering of a signature can send a value to the wrong option. Subclasses still list each option, typed
+    and with their own default, in their own ``__init__`` so that LightningCLI shows it in ``--help`` and
+    ``--print_config``.
+    """
+
     _collate = None
     _index_eval = False
 
-    def __init__(self, batch_size, val_batch_size, num_workers, pin_memory, skip_corrupt, train_transform,
-                 eval_transform, train_transform_kwargs, eval_transform_kwargs) -> None:
+    def __init__(
+        self,
+        *,
+        batch_size: int,
+        val_batch_size: int | None,
+        num_workers: int,
+        pin_memory: bool,
+        skip_corrupt: bool,
+        train_transform: str | None,
+        eval_transform: str | None,
+        train_transform_kwargs: dict[str, Any] | None,
+        eval_transform_kwargs: dict[str, Any] | None,
+    ) -> None:
         super().__init__()
         self.train_transform = train_transform
         self.eval_transform = eval_transform
@@ -82,7 +109,7 @@ class _BaseDataModule(L.LightningDataModule):
         self.test_dataset: Dataset | None = None
 
     def check_data(self) -> None:
-        """Raise a helpful :class:`FileNotFoundError` when the dataset is absent."""
+        """Raise a helpful :class:`FileNotFoundError` when the dataset is absent (checks only, writes nothing)."""
 
     def prepare_data(self) -> None:
         self.check_data()
@@ -116,10 +143,12 @@ class _BaseDataModule(L.LightningDataModule):
 
 
 class _DetectionDataModule(_BaseDataModule):
+    """Adds ``image_size`` (the default size of the detection presets); all options keyword-only."""
+
     _collate = staticmethod(detection_collate)
 
-    def __init__(self, batch_size, val_batch_size, num_workers, pin_memory, skip_corrupt, image_size, *transform_args):
-        super().__init__(batch_size, val_batch_size, num_workers, pin_memory, skip_corrupt, *transform_args)
+    def __init__(self, *, image_size: int, **options: Any) -> None:
+        super().__init__(**options)
         self.image_size = image_size
 
     def train_transforms_fn(self):
@@ -135,11 +164,19 @@ class _DetectionDataModule(_BaseDataModule):
 
 
 class _SegmentationDataModule(_BaseDataModule):
+    """Adds ``crop_size``, ``scale`` (``seg_train``) and ``eval_size`` (``seg_eval``); all options keyword-only."""
+
     _index_eval = True
 
-    def __init__(self, batch_size, val_batch_size, num_workers, pin_memory, skip_corrupt, crop_size, scale, eval_size,
-                 *transform_args):
-        super().__init__(batch_size, val_batch_size, num_workers, pin_memory, skip_corrupt, *transform_args)
+    def __init__(
+        self,
+        *,
+        crop_size: int | tuple[int, int],
+        scale: tuple[float, float],
+        eval_size: int | tuple[int, int] | None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
         self.crop_size = crop_size
         self.scale = tuple(scale)
         self.eval_size = eval_size

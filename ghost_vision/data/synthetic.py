@@ -1,4 +1,5 @@
-"""Deterministic synthetic "shapes" datasets written in the real COCO, Pascal VOC and Cityscapes formats.
+"""Deterministic synthetic "shapes" datasets written in the real COCO, Pascal VOC and Cityscapes formats and
+as image/mask folders.
 
 The same four shape classes (:data:`SYNTHETIC_CLASSES`: circle, triangle, rectangle, star) appear in every
 variant, in this order, so label ``k`` means the same shape everywhere (COCO maps them from the
@@ -36,8 +37,11 @@ __all__ = [
     "SYNTHETIC_CITYSCAPES_LABEL_IDS",
     "SYNTHETIC_CLASSES",
     "SYNTHETIC_COCO_CATEGORY_IDS",
+    "SYNTHETIC_FOLDER_CLASSES",
+    "read_marker",
     "write_synthetic_cityscapes",
     "write_synthetic_coco",
+    "write_synthetic_folder",
     "write_synthetic_voc",
 ]
 
@@ -60,17 +64,23 @@ def _image_size(rng: np.random.Generator) -> tuple[int, int]:
     return (w, h) if rng.random() < 0.2 else (h, w)
 
 
+def read_marker(root: str | Path) -> dict[str, Any] | None:
+    """The parameters a writer recorded in ``root`` (``format``, ``num_train``, ...), ``None`` when ``root``
+    holds no complete synthetic dataset."""
+    try:
+        return json.loads((Path(root) / MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def _materialize(root: str | Path, params: dict[str, Any], write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp)`` and move ``tmp`` to ``root`` with a marker, unless ``root`` already matches."""
     root = Path(root)
     params = {"version": _FORMAT_VERSION, **params}
     marker = root / MARKER
     if marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == params:
-                return root
-        except json.JSONDecodeError:
-            pass
+        if read_marker(root) == params:
+            return root
     elif root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not a synthetic dataset folder (no {MARKER}); choose another root")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -188,6 +198,16 @@ def _voc_xml(image_id: str, scene: Scene, h: int, w: int) -> bytes:
     return ET.tostring(ann, encoding="utf-8")
 
 
+def _class_mask(scene: Scene, h: int, w: int) -> np.ndarray:
+    """``h x w`` uint8: 0 background, ``1 + class`` on each shape, 255 on a 1-px border around each (as VOC)."""
+    label = np.zeros((h, w), np.uint8)
+    for o in scene.objects:
+        label[o.mask] = o.cls + 1
+    for o in scene.objects:
+        label[outline(o.mask)] = 255
+    return label
+
+
 def write_synthetic_voc(
     root: str | Path,
     *,
@@ -221,11 +241,7 @@ def write_synthetic_voc(
                 lists[split].append(image_id)
                 _save_jpeg(ydir / "JPEGImages" / f"{image_id}.jpg", scene.image)
                 (ydir / "Annotations" / f"{image_id}.xml").write_bytes(_voc_xml(image_id, scene, h, w))
-                label = np.zeros((h, w), np.uint8)
-                for o in scene.objects:
-                    label[o.mask] = o.cls + 1
-                for o in scene.objects:
-                    label[outline(o.mask)] = 255
+                label = _class_mask(scene, h, w)
                 png = Image.frombytes("P", (w, h), label.tobytes())
                 png.putpalette(palette)
                 png.save(ydir / "SegmentationClass" / f"{image_id}.png")
@@ -236,6 +252,36 @@ def write_synthetic_voc(
                 (ydir / "ImageSets" / sub / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
 
     params = {"format": "voc", "num_train": num_train, "num_val": num_val, "seed": seed, "year": str(year)}
+    return _materialize(root, params, write)
+
+
+# ------------------------------------------------------------------------------------- image/mask folders
+SYNTHETIC_FOLDER_CLASSES: tuple[str, ...] = ("background", *SYNTHETIC_CLASSES)
+
+
+def write_synthetic_folder(
+    root: str | Path, *, num_train: int = 200, num_val: int = 50, seed: int = 0, progress: bool = False
+) -> Path:
+    """Write ``root/images/{train,val}/{id}.jpg`` and ``root/masks/{train,val}/{id}.png`` (the layout of
+    :class:`~ghost_vision.data.folder.SegmentationFolder`).
+
+    Masks are grayscale (mode ``L``) PNGs indexing :data:`SYNTHETIC_FOLDER_CLASSES` (0 background, 1..4
+    the shapes) with 255 on a 1-px border around each shape (ignored).
+    """
+
+    def write(tmp: Path) -> None:
+        for split, code, count in _splits(num_train, num_val):
+            (tmp / "images" / split).mkdir(parents=True)
+            (tmp / "masks" / split).mkdir(parents=True)
+            for i in tqdm(range(count), desc=f"shapes folder {split}", disable=not progress):
+                rng = _rng(seed, 4, code, i)
+                h, w = _image_size(rng)
+                scene = render_scene(rng, h, w)
+                stem = f"{split}_{i:05d}"
+                _save_jpeg(tmp / "images" / split / f"{stem}.jpg", scene.image)
+                Image.fromarray(_class_mask(scene, h, w), mode="L").save(tmp / "masks" / split / f"{stem}.png")
+
+    params = {"format": "folder", "num_train": num_train, "num_val": num_val, "seed": seed}
     return _materialize(root, params, write)
 
 

@@ -1,12 +1,15 @@
 """DataModules over the synthetic shapes datasets, created on first use in a cache folder.
 
-The data is written by :mod:`ghost_vision.data.synthetic` in ``prepare_data()`` (and, idempotently, in
-``setup()``) under ``root`` (relative to the working directory; ``data_cache/`` is git-ignored). Classes
-are the constant :data:`~ghost_vision.data.synthetic.SYNTHETIC_CLASSES` (circle, triangle, rectangle, star).
+The data is written by :mod:`ghost_vision.data.synthetic` in ``prepare_data()`` (:meth:`write_data`; the
+Trainer calls it once per node before ``setup()``) under ``root`` (relative to the working directory;
+``data_cache/`` is git-ignored); ``setup()`` only checks that it is there. Classes are the constant
+:data:`~ghost_vision.data.synthetic.SYNTHETIC_CLASSES` (circle, triangle, rectangle, star).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .datamodules import (
@@ -15,23 +18,60 @@ from .datamodules import (
     VOCDetectionDataModule,
     VOCSegmentationDataModule,
 )
+from .folder_datamodule import SegmentationFolderDataModule
 from .synthetic import (
     SYNTHETIC_CLASSES,
     SYNTHETIC_COCO_CATEGORY_IDS,
+    SYNTHETIC_FOLDER_CLASSES,
+    read_marker,
     write_synthetic_cityscapes,
     write_synthetic_coco,
+    write_synthetic_folder,
     write_synthetic_voc,
 )
 
 __all__ = [
     "SyntheticCityscapesDataModule",
     "SyntheticCocoDataModule",
+    "SyntheticSegmentationFolderDataModule",
     "SyntheticVOCDetectionDataModule",
     "SyntheticVOCSegmentationDataModule",
 ]
 
 
-class SyntheticCocoDataModule(CocoDataModule):
+class _WritesSyntheticData:
+    """``prepare_data()`` writes the synthetic dataset (:meth:`write_data`); ``check_data()`` (run by
+    ``setup()``) only checks that ``root`` holds the dataset these arguments describe."""
+
+    _writer: Callable[..., Path]
+    _writer_kwargs: dict[str, Any] = {}
+    root: Path
+    num_train: int
+    num_val: int
+    seed: int
+
+    def _params(self) -> dict[str, Any]:
+        return {"num_train": self.num_train, "num_val": self.num_val, "seed": self.seed, **self._writer_kwargs}
+
+    def write_data(self) -> Path:
+        """Write the dataset under ``root`` (nothing to do when it is already there with these arguments)."""
+        return type(self)._writer(self.root, **self._params())
+
+    def prepare_data(self) -> None:
+        self.write_data()
+
+    def check_data(self) -> None:
+        marker = read_marker(self.root)
+        expected = self._params()
+        if marker is None or any(marker.get(k) != v for k, v in expected.items()):
+            found = "nothing" if marker is None else {k: marker.get(k) for k in expected}
+            raise FileNotFoundError(
+                f"{type(self).__name__}: no synthetic dataset with {expected} in {self.root} (found {found}); "
+                "call prepare_data() (or write_data()) first -- Trainer.fit/validate/test do that before setup()"
+            )
+
+
+class SyntheticCocoDataModule(_WritesSyntheticData, CocoDataModule):
     """Synthetic shapes in COCO format (``num_classes`` 5 incl. background; category ids 2, 5, 9, 17).
 
     Example:
@@ -41,12 +81,15 @@ class SyntheticCocoDataModule(CocoDataModule):
         >>> dm.prepare_data(); dm.setup("fit")  # doctest: +SKIP
     """
 
+    _writer = staticmethod(write_synthetic_coco)
+
     def __init__(
         self,
         root: str = "data_cache/shapes_coco",
         num_train: int = 200,
         num_val: int = 50,
         seed: int = 0,
+        *,
         batch_size: int = 16,
         val_batch_size: int | None = None,
         num_workers: int = 2,
@@ -56,12 +99,13 @@ class SyntheticCocoDataModule(CocoDataModule):
         eval_transform: str | None = None,
         train_transform_kwargs: dict[str, Any] | None = None,
         eval_transform_kwargs: dict[str, Any] | None = None,
+        skip_corrupt: bool = False,
     ) -> None:
         super().__init__(
-            root, "train2017", "val2017", batch_size=batch_size, val_batch_size=val_batch_size,
+            root, train_split="train2017", val_split="val2017", batch_size=batch_size, val_batch_size=val_batch_size,
             num_workers=num_workers, pin_memory=pin_memory, image_size=image_size, train_transform=train_transform,
             eval_transform=eval_transform, train_transform_kwargs=train_transform_kwargs,
-            eval_transform_kwargs=eval_transform_kwargs, remove_empty=False,
+            eval_transform_kwargs=eval_transform_kwargs, remove_empty=False, skip_corrupt=skip_corrupt,
         )
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
 
@@ -73,14 +117,8 @@ class SyntheticCocoDataModule(CocoDataModule):
     def label_to_cat_id(self) -> dict[int, int]:
         return {i + 1: c for i, c in enumerate(SYNTHETIC_COCO_CATEGORY_IDS)}
 
-    def prepare_data(self) -> None:
-        write_synthetic_coco(self.root, num_train=self.num_train, num_val=self.num_val, seed=self.seed)
 
-    def check_data(self) -> None:
-        self.prepare_data()
-
-
-class SyntheticVOCDetectionDataModule(VOCDetectionDataModule):
+class SyntheticVOCDetectionDataModule(_WritesSyntheticData, VOCDetectionDataModule):
     """Synthetic shapes in Pascal VOC format (``VOC2007`` train / val; ``num_classes`` 5 incl. background).
 
     Example:
@@ -88,12 +126,16 @@ class SyntheticVOCDetectionDataModule(VOCDetectionDataModule):
         5
     """
 
+    _writer = staticmethod(write_synthetic_voc)
+    _writer_kwargs = {"year": "2007"}
+
     def __init__(
         self,
         root: str = "data_cache/shapes_voc",
         num_train: int = 200,
         num_val: int = 50,
         seed: int = 0,
+        *,
         batch_size: int = 16,
         val_batch_size: int | None = None,
         num_workers: int = 2,
@@ -103,23 +145,19 @@ class SyntheticVOCDetectionDataModule(VOCDetectionDataModule):
         eval_transform: str | None = None,
         train_transform_kwargs: dict[str, Any] | None = None,
         eval_transform_kwargs: dict[str, Any] | None = None,
+        skip_corrupt: bool = False,
     ) -> None:
         super().__init__(
-            root, ("2007",), "train", ("2007",), "val", SYNTHETIC_CLASSES, batch_size=batch_size,
+            root, train_years=("2007",), train_image_set="train", val_years=("2007",), val_image_set="val",
+            classes=SYNTHETIC_CLASSES, skip_corrupt=skip_corrupt, batch_size=batch_size,
             val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory, image_size=image_size,
             train_transform=train_transform, eval_transform=eval_transform,
             train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
         )
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
 
-    def prepare_data(self) -> None:
-        write_synthetic_voc(self.root, num_train=self.num_train, num_val=self.num_val, seed=self.seed, year="2007")
 
-    def check_data(self) -> None:
-        self.prepare_data()
-
-
-class SyntheticVOCSegmentationDataModule(VOCSegmentationDataModule):
+class SyntheticVOCSegmentationDataModule(_WritesSyntheticData, VOCSegmentationDataModule):
     """Synthetic shapes as VOC ``SegmentationClass`` masks (``num_classes`` 5 incl. background).
 
     Example:
@@ -127,12 +165,16 @@ class SyntheticVOCSegmentationDataModule(VOCSegmentationDataModule):
         5
     """
 
+    _writer = staticmethod(write_synthetic_voc)
+    _writer_kwargs = {"year": "2007"}
+
     def __init__(
         self,
         root: str = "data_cache/shapes_voc",
         num_train: int = 200,
         num_val: int = 50,
         seed: int = 0,
+        *,
         batch_size: int = 8,
         val_batch_size: int | None = 1,
         num_workers: int = 2,
@@ -144,23 +186,19 @@ class SyntheticVOCSegmentationDataModule(VOCSegmentationDataModule):
         eval_transform: str | None = "seg_eval",
         train_transform_kwargs: dict[str, Any] | None = None,
         eval_transform_kwargs: dict[str, Any] | None = None,
+        skip_corrupt: bool = False,
     ) -> None:
         super().__init__(
-            root, "2007", "train", "val", SYNTHETIC_CLASSES, batch_size=batch_size, val_batch_size=val_batch_size,
+            root, year="2007", train_image_set="train", val_image_set="val", classes=SYNTHETIC_CLASSES,
+            skip_corrupt=skip_corrupt, batch_size=batch_size, val_batch_size=val_batch_size,
             num_workers=num_workers, pin_memory=pin_memory, crop_size=crop_size, scale=scale, eval_size=eval_size,
             train_transform=train_transform, eval_transform=eval_transform,
             train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
         )
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
 
-    def prepare_data(self) -> None:
-        write_synthetic_voc(self.root, num_train=self.num_train, num_val=self.num_val, seed=self.seed, year="2007")
 
-    def check_data(self) -> None:
-        self.prepare_data()
-
-
-class SyntheticCityscapesDataModule(CityscapesDataModule):
+class SyntheticCityscapesDataModule(_WritesSyntheticData, CityscapesDataModule):
     """Synthetic street-like scenes in Cityscapes format with real label ids (19 train classes, 255 ignored).
 
     Example:
@@ -168,12 +206,15 @@ class SyntheticCityscapesDataModule(CityscapesDataModule):
         19
     """
 
+    _writer = staticmethod(write_synthetic_cityscapes)
+
     def __init__(
         self,
         root: str = "data_cache/shapes_cityscapes",
         num_train: int = 150,
         num_val: int = 30,
         seed: int = 0,
+        *,
         batch_size: int = 8,
         val_batch_size: int | None = 1,
         num_workers: int = 2,
@@ -185,18 +226,55 @@ class SyntheticCityscapesDataModule(CityscapesDataModule):
         eval_transform: str | None = "seg_eval",
         train_transform_kwargs: dict[str, Any] | None = None,
         eval_transform_kwargs: dict[str, Any] | None = None,
+        skip_corrupt: bool = False,
     ) -> None:
         super().__init__(
-            root, "train", "val", batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
+            root, train_split="train", val_split="val", skip_corrupt=skip_corrupt, batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
             pin_memory=pin_memory, crop_size=crop_size, scale=scale, eval_size=eval_size,
             train_transform=train_transform, eval_transform=eval_transform,
             train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
         )
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
 
-    def prepare_data(self) -> None:
-        write_synthetic_cityscapes(self.root, num_train=self.num_train, num_val=self.num_val, seed=self.seed)
 
-    def check_data(self) -> None:
-        self.prepare_data()
+class SyntheticSegmentationFolderDataModule(_WritesSyntheticData, SegmentationFolderDataModule):
+    """Synthetic shapes as image/mask folders (``images/{train,val}``, ``masks/{train,val}``; grayscale masks
+    0 background, 1..4 shapes, 255 ignored; ``num_classes`` 5): the recipe ``deeplabv3_ghost_folder`` runs
+    on it, and swapping in :class:`SegmentationFolderDataModule` with your ``root`` and ``classes`` trains on
+    your data.
 
+    Example:
+        >>> dm = SyntheticSegmentationFolderDataModule(crop_size=256)
+        >>> dm.num_classes, dm.classes[:2]
+        (5, ('background', 'circle'))
+    """
+
+    _writer = staticmethod(write_synthetic_folder)
+
+    def __init__(
+        self,
+        root: str = "data_cache/shapes_folder",
+        num_train: int = 200,
+        num_val: int = 50,
+        seed: int = 0,
+        *,
+        batch_size: int = 8,
+        val_batch_size: int | None = 1,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        crop_size: int = 256,
+        scale: tuple[float, float] = (0.5, 2.0),
+        eval_size: int | tuple[int, int] | None = None,
+        train_transform: str | None = "seg_train",
+        eval_transform: str | None = "seg_eval",
+        train_transform_kwargs: dict[str, Any] | None = None,
+        eval_transform_kwargs: dict[str, Any] | None = None,
+        skip_corrupt: bool = False,
+    ) -> None:
+        super().__init__(
+            root, classes=SYNTHETIC_FOLDER_CLASSES, skip_corrupt=skip_corrupt, batch_size=batch_size,
+            val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory, crop_size=crop_size,
+            scale=scale, eval_size=eval_size, train_transform=train_transform, eval_transform=eval_transform,
+            train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
+        )
+        self.num_train, self.num_val, self.seed = num_train, num_val, seed

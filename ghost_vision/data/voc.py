@@ -19,7 +19,15 @@ import numpy as np
 import torch
 
 from ._target import Transforms, finalize_detection, image_to_tensor, to_tensor_target
-from .io import DataError, SkipCorrupt, SkippingDataset, read_image, read_label_png, require_file
+from .io import (
+    DataError,
+    SkipCorrupt,
+    SkippingDataset,
+    read_colour_mask,
+    read_image,
+    read_label_png,
+    require_file,
+)
 
 __all__ = ["VOC_CLASSES", "VOCDetection", "VOCSegmentation", "voc_colormap"]
 
@@ -258,16 +266,8 @@ class VOCSegmentation(_VOCBase):
         return mask.astype(np.uint8)
 
     def _decode_rgb(self, path: Path) -> np.ndarray:
-        rgb = read_image(path).astype(np.int64)
-        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        cmap = voc_colormap().astype(np.int64)
-        lut = {int((r << 16) | (g << 8) | b): i for i, (r, g, b) in enumerate(cmap[: len(self.classes) + 1])}
-        lut[int((cmap[255, 0] << 16) | (cmap[255, 1] << 8) | cmap[255, 2])] = 255
-        values, inverse = np.unique(code, return_inverse=True)
-        unknown = [v for v in values.tolist() if v not in lut]
-        if unknown:
-            raise DataError(f"VOC mask {path} is RGB with {len(unknown)} colour(s) outside the VOC palette")
-        return np.asarray([lut[v] for v in values.tolist()], dtype=np.uint8)[inverse.reshape(code.shape)]
+        # a colour in the VOC palette decodes to its position (values above len(classes) fail in read_mask)
+        return read_colour_mask(path, voc_colormap()).astype(np.uint8)
 
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         ydir, image_id = self._items[index]

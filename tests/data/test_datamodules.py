@@ -12,9 +12,12 @@ import torch
 from ghost_vision.data import (
     CityscapesDataModule,
     CocoDataModule,
+    DataError,
     IndexedDataset,
+    SegmentationFolderDataModule,
     SyntheticCityscapesDataModule,
     SyntheticCocoDataModule,
+    SyntheticSegmentationFolderDataModule,
     SyntheticVOCDetectionDataModule,
     SyntheticVOCSegmentationDataModule,
     VOCDetectionDataModule,
@@ -24,7 +27,7 @@ from ghost_vision.data import (
 
 ALL = [CocoDataModule, VOCDetectionDataModule, VOCSegmentationDataModule, CityscapesDataModule,
        SyntheticCocoDataModule, SyntheticVOCDetectionDataModule, SyntheticVOCSegmentationDataModule,
-       SyntheticCityscapesDataModule]
+       SyntheticCityscapesDataModule, SegmentationFolderDataModule, SyntheticSegmentationFolderDataModule]
 
 
 @pytest.mark.parametrize("cls", ALL)
@@ -36,13 +39,13 @@ def test_every_init_argument_is_annotated(cls):
 @pytest.mark.parametrize(
     ("cls", "expected", "how", "config"),
     [
-        (CocoDataModule, "nowhere/train2017", "cocodataset.org", "configs/ssdlite_ghost_shapes.yaml"),
+        (CocoDataModule, "nowhere/train2017", "cocodataset.org", "recipe ssdlite_ghost_shapes"),
         (VOCDetectionDataModule, "nowhere/VOC2007/ImageSets/Main/trainval.txt", "host.robots.ox.ac.uk",
-         "configs/ssdlite_ghost_shapes.yaml"),
+         "recipe ssdlite_ghost_shapes"),
         (VOCSegmentationDataModule, "nowhere/VOC2012/ImageSets/Segmentation/train.txt", "host.robots.ox.ac.uk",
-         "configs/deeplabv3_ghost_shapes.yaml"),
+         "recipe deeplabv3_ghost_shapes"),
         (CityscapesDataModule, "nowhere/leftImg8bit/train", "cityscapes-dataset.com",
-         "configs/deeplabv3_ghost_shapes.yaml"),
+         "recipe deeplabv3_ghost_shapes"),
     ],
 )
 def test_missing_root_message(tmp_path, cls, expected, how, config):
@@ -133,3 +136,74 @@ def test_collate_and_indexed_dataset_are_picklable():
     assert [im.shape[1] for im in images] == [2, 4] and targets == ({"a": 1}, {"a": 2})
     wrapped = pickle.loads(pickle.dumps(IndexedDataset([("x", "y"), ("z", "w")])))
     assert wrapped[1] == ("z", "w", 1) and len(wrapped) == 2
+
+
+def _shared_options(cls) -> dict:
+    """A distinct, non-default value for every shared option ``cls`` takes."""
+    params = inspect.signature(cls.__init__).parameters
+    values = {"batch_size": 7, "val_batch_size": 3, "num_workers": 5, "skip_corrupt": True,
+              "train_transform": "none", "eval_transform": "seg_eval", "train_transform_kwargs": {"seed": 11},
+              "eval_transform_kwargs": {"seed": 12}, "image_size": 123, "crop_size": 77, "scale": (0.3, 0.9),
+              "eval_size": 55}
+    out = {k: v for k, v in values.items() if k in params}
+    out["pin_memory"] = not params["pin_memory"].default
+    return out
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_every_shared_option_reaches_its_attribute(cls, tmp_path):
+    """Options are forwarded by name: each value lands on the attribute of the same name."""
+    options = _shared_options(cls)
+    assert {"batch_size", "num_workers", "pin_memory", "skip_corrupt", "train_transform"} <= set(options)
+    required = {"classes": ("a", "b")} if cls is SegmentationFolderDataModule else {}
+    dm = cls(root=str(tmp_path / "x"), **required, **options)
+    for name, value in options.items():
+        got = getattr(dm, name)
+        assert got == (tuple(value) if name == "scale" else value), (name, got, value)
+    # keyword-only after root: a value passed by position cannot silently land on another option
+    with pytest.raises(TypeError):
+        cls(str(tmp_path / "x"), *([None] * 6), **required)
+
+
+def test_base_classes_take_keywords_only():
+    from ghost_vision.data.loading import _BaseDataModule, _DetectionDataModule
+
+    with pytest.raises(TypeError):
+        _BaseDataModule(8, None, 0, False, False, None, None, None, None)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize'"):
+        _DetectionDataModule(image_size=64, batchsize=8)
+
+
+def test_synthetic_check_data_only_checks(tmp_path):
+    """``check_data``/``setup`` write nothing; ``prepare_data`` (``write_data``) writes; changed arguments
+    are noticed."""
+    root = tmp_path / "shapes"
+    dm = SyntheticVOCSegmentationDataModule(root=str(root), num_train=2, num_val=1, num_workers=0)
+    for step in (dm.check_data, lambda: dm.setup("fit")):
+        with pytest.raises(FileNotFoundError, match=r"no synthetic dataset .* call prepare_data\(\)"):
+            step()
+    assert not root.exists()
+    dm.prepare_data()
+    dm.check_data()
+    dm.setup("fit")
+    assert len(dm.train_dataset) == 2 and len(dm.val_dataset) == 1
+    other = SyntheticVOCSegmentationDataModule(root=str(root), num_train=3, num_val=1)
+    with pytest.raises(FileNotFoundError, match="'num_train': 2"):
+        other.check_data()
+    assert other.write_data() == root and other.check_data() is None
+
+
+def test_coco_train_and_val_must_list_the_same_categories(synthetic_coco_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(synthetic_coco_root, root)
+    val = root / "annotations" / "instances_val2017.json"
+    data = json.loads(val.read_text())
+    data["categories"] = [c for c in data["categories"] if c["id"] != 5]  # "triangle" missing in val
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] != 5]
+    val.write_text(json.dumps(data))
+    dm = CocoDataModule(root=str(root), train_transform=None, num_workers=0)
+    with pytest.raises(DataError, match=r"instances_train2017.json and .*instances_val2017.json list different "
+                                         r"categories \(\{2: 'circle', 5: 'triangle'.* vs \{2: 'circle', 9:"):
+        dm.setup("fit")

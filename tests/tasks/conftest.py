@@ -29,6 +29,10 @@ TINY = {
         "--model.init_args.model_kwargs", "{output_stride: 16, decoder: true, width: 0.5}",
         "--data.init_args.batch_size", "2", "--data.init_args.crop_size", "64",
     ],
+    "deeplabv3_ghost_folder.yaml": [
+        "--model.init_args.model_kwargs", "{output_stride: 16, decoder: true, width: 0.5}",
+        "--data.init_args.batch_size", "2", "--data.init_args.crop_size", "64",
+    ],
 }
 
 
