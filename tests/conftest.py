@@ -11,7 +11,8 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+# ../shared/datasets next to the checkout; GHOST_VISION_SHARED_DATASETS points elsewhere (e.g. from a worktree)
+SHARED_DATASETS = Path(os.environ.get("GHOST_VISION_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ _LAZY = {
     "VOCDetectionDataModule": "datamodules",
     "VOCSegmentationDataModule": "datamodules",
     "detection_collate": "datamodules",
+    "segmentation_collate": "loading",
     "SyntheticCityscapesDataModule": "synthetic_datamodules",
     "SyntheticCocoDataModule": "synthetic_datamodules",
     "SyntheticVOCDetectionDataModule": "synthetic_datamodules",

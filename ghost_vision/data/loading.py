@@ -7,19 +7,31 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .resumable import ResumableDataLoader
 
-__all__ = ["IndexedDataset", "build_preset", "detection_collate", "missing_data_error"]
+__all__ = ["IndexedDataset", "build_preset", "detection_collate", "missing_data_error", "segmentation_collate"]
 
 DET_SHAPES_CONFIG = "configs/ssdlite_ghost_shapes.yaml"
 SEG_SHAPES_CONFIG = "configs/deeplabv3_ghost_shapes.yaml"
 
 
-def detection_collate(batch: Sequence[tuple[Any, Any]]) -> tuple[tuple[Any, ...], ...]:
-    """``[(img, target), ...] -> ((img, ...), (target, ...))``: detection images differ in size."""
-    return tuple(zip(*batch, strict=True))
+def detection_collate(batch: Sequence[tuple[Any, Any] | None]) -> tuple[tuple[Any, ...], ...] | None:
+    """``[(img, target), ...] -> ((img, ...), (target, ...))``: detection images differ in size.
+
+    ``None`` entries (samples skipped as unreadable, ``skip_corrupt=True``) are dropped; a batch of nothing but
+    skipped samples becomes ``None``, which the tasks' steps pass over.
+    """
+    batch = [b for b in batch if b is not None]
+    return tuple(zip(*batch, strict=True)) if batch else None
+
+
+def segmentation_collate(batch: Sequence[tuple[Any, ...] | None]) -> Any:
+    """``default_collate`` (stacked images and masks) after dropping skipped samples (``None``), as
+    :func:`detection_collate` does; ``None`` when nothing is left."""
+    batch = [b for b in batch if b is not None]
+    return default_collate(batch) if batch else None
 
 
 class IndexedDataset(Dataset):
@@ -36,8 +48,9 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
-        return (*self.dataset[index], index)
+    def __getitem__(self, index: int) -> tuple[Any, ...] | None:
+        sample = self.dataset[index]
+        return None if sample is None else (*sample, index)  # None: skipped (skip_corrupt=True)
 
     def __getattr__(self, name: str) -> Any:  # classes, ids, ... of the wrapped dataset
         if name == "dataset":
@@ -135,6 +148,7 @@ class _DetectionDataModule(_BaseDataModule):
 
 
 class _SegmentationDataModule(_BaseDataModule):
+    _collate = staticmethod(segmentation_collate)
     _index_eval = True
 
     def __init__(self, batch_size, val_batch_size, num_workers, pin_memory, skip_corrupt, crop_size, scale, eval_size,

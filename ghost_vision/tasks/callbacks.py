@@ -103,6 +103,8 @@ class DrawPredictions(_OutputDirMixin, L.Callback):
         drawn: list[torch.Tensor] = []
         names = task.hparams.get("class_names")
         for batch in loader:
+            if batch is None:  # only skipped samples (skip_corrupt=True)
+                continue
             images = batch[0]
             if isinstance(images, torch.Tensor) and images.ndim == 3:
                 images = images[None]
