@@ -115,7 +115,7 @@ def validate_coco(data: dict[str, Any], path: Path, *, evaluation: bool = False)
     Checked: ``images`` entries are objects with an integer ``id`` (unique), a non-empty ``file_name`` and a
     positive ``width``/``height``; ``categories`` have unique integer ids; ``annotations`` have a positive
     integer ``id`` (unique: pycocotools reads id 0 as "unmatched"), an integer ``image_id`` present in
-    ``images``, a ``category_id``, a ``bbox`` of 4 finite numbers with width and height >= 0, ``iscrowd`` 0 or
+    ``images``, an integer ``category_id``, a ``bbox`` of 4 finite numbers with width and height >= 0, ``iscrowd`` 0 or
     1 and a finite ``area`` >= 0 when present. ``evaluation=True`` also requires ``area`` and ``iscrowd``
     (pycocotools' COCOeval reads both). Returns counts: ``boxes`` and ``degenerate`` (boxes under 1 px wide
     or high once clipped to their image: legal, COCO has them, and left out of training targets).
@@ -146,7 +146,8 @@ def validate_coco(data: dict[str, Any], path: Path, *, evaluation: bool = False)
     def ann_names(idx):
         return (_name(int(i), anns[int(i)], "annotation") for i in idx)
 
-    ids, a_img, _, bboxes = c.columns(anns, ("id", "image_id", "category_id", "bbox"), "annotation")
+    ids, a_img, cat, bboxes = c.columns(anns, ("id", "image_id", "category_id", "bbox"), "annotation")
+    c.int_ids(cat, "annotation", "category_id", ann_names)  # ids absent from 'categories': dropped, warned
     ids = c.int_ids(ids, "annotation", "id", ann_names)
     c.check(ids <= 0, "annotation", "whose 'id' is not positive", ann_names,
             "pycocotools' COCOeval treats annotation id 0 as 'unmatched'")

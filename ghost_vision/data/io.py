@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,14 +182,15 @@ class SkippingDataset(Dataset):
         """Corrupt samples skipped so far (``skip_corrupt=True``) by this process and its DataLoader workers."""
         return len(self._skip.skipped())
 
-    def skipped_files(self, indices: Sequence[int] | None = None) -> list[str]:
-        """The unreadable file of every skipped sample (or of ``indices``), in index order."""
-        flags = self._skip.skipped()
+    def skipped_files(self, flags: Mapping[int, int] | None = None) -> list[str]:
+        """The unreadable file of every skipped sample, in index order; ``flags`` (``{index: flag}``, e.g.
+        gathered from several processes) replaces this process's record."""
+        flags = self._skip.skipped() if flags is None else flags
         out = []
-        for i in sorted(flags if indices is None else indices):
+        for i in sorted(flags):
             files = self.sample_files(i)
-            which = flags.get(i, 255)
-            out.append(files[which - 1] if which <= len(files) else " or ".join(files))
+            which = int(flags[i])
+            out.append(files[which - 1] if 1 <= which <= len(files) else " or ".join(files))
         return out
 
     def __len__(self) -> int:
