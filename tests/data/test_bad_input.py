@@ -28,7 +28,6 @@ from PIL import Image
 from ghost_vision.data import CocoDetection, DataError, VOCDetection
 from ghost_vision.data.coco import load_coco_json
 from ghost_vision.data.loading import detection_collate
-from ghost_vision.data.voc import parse_voc_xml
 
 # ----------------------------------------------------------------------------------------------- COCO
 
@@ -379,40 +378,6 @@ def test_fuzz_coco_and_voc_mutations(coco_images, tmp_path):
 # ------------------------------------------------------------------ skip_corrupt on truncated real photos
 
 
-def _truncate(path: Path, keep: float = 0.5) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
-
-
-@pytest.fixture()
-def raccoon_coco(raccoon_root, tmp_path) -> dict:
-    """12 raccoon photos as a COCO split (``val2017`` + ``annotations/instances_val2017.json``, ids 101..112),
-    two of them truncated on disk."""
-    src = raccoon_root / "VOC2007"
-    ids = sorted(p.stem for p in (src / "Annotations").glob("*.xml"))[:12]
-    root = tmp_path / "coco"
-    (root / "val2017").mkdir(parents=True)
-    (root / "annotations").mkdir()
-    images, anns = [], []
-    for k, name in enumerate(ids):
-        shutil.copy(src / "JPEGImages" / f"{name}.jpg", root / "val2017" / f"{name}.jpg")
-        w, h = Image.open(root / "val2017" / f"{name}.jpg").size
-        images.append({"id": 101 + k, "file_name": f"{name}.jpg", "width": w, "height": h})
-        objects, _ = parse_voc_xml(src / "Annotations" / f"{name}.xml")
-        for o in objects:
-            x1, y1, x2, y2 = o["box"]
-            anns.append({"id": len(anns) + 1, "image_id": 101 + k, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                         "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-    data = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "raccoon"}]}
-    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
-    shutil.copytree(root / "val2017", root / "train2017")
-    shutil.copy(root / "annotations" / "instances_val2017.json", root / "annotations" / "instances_train2017.json")
-    bad = [ids[3], ids[8]]
-    for name in bad:
-        _truncate(root / "val2017" / f"{name}.jpg")
-    return {"root": root, "bad": bad, "bad_ids": [104, 109], "ann": root / "annotations" / "instances_val2017.json"}
-
-
 def test_skip_corrupt_loader_with_workers_drops_and_names_truncated_photos(raccoon_coco):
     from ghost_vision.data import CocoDataModule
 
@@ -485,7 +450,8 @@ def test_skip_corrupt_voc_truncated_raccoon_photos(raccoon_root, tmp_path):
     for i in ids:
         shutil.copy(src / "JPEGImages" / f"{i}.jpg", ydir / "JPEGImages" / f"{i}.jpg")
     for i, keep in ((ids[1], 0.3), (ids[4], 0.9)):
-        _truncate(ydir / "JPEGImages" / f"{i}.jpg", keep)
+        data = (ydir / "JPEGImages" / f"{i}.jpg").read_bytes()
+        (ydir / "JPEGImages" / f"{i}.jpg").write_bytes(data[: int(len(data) * keep)])
     ds = VOCDetection(tmp_path, classes=("raccoon",), skip_corrupt=True)
     samples = [ds[i] for i in range(len(ds))]
     assert [s is None for s in samples] == [False, True, False, False, True, False]
