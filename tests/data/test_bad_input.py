@@ -459,3 +459,24 @@ def test_skip_corrupt_voc_truncated_raccoon_photos(raccoon_root, tmp_path):
     images, targets = detection_collate(samples)
     assert [int(t["image_id"]) for t in targets] == [0, 2, 3, 5]
     assert all(np.isfinite(t["boxes"].numpy()).all() for t in targets)
+
+
+def test_skip_corrupt_segmentation_loaders_drop_unreadable_samples(synthetic_cityscapes_root, tmp_path):
+    from ghost_vision.data import CityscapesDataModule
+    from ghost_vision.data.loading import segmentation_collate
+
+    root = tmp_path / "cityscapes"
+    shutil.copytree(synthetic_cityscapes_root, root)
+    labels = sorted((root / "gtFine" / "val").glob("*/*_labelIds.png"))
+    labels[1].write_bytes(labels[1].read_bytes()[:100])  # truncated label PNG
+    dm = CityscapesDataModule(str(root), val_batch_size=1, batch_size=2, num_workers=0, pin_memory=False,
+                              skip_corrupt=True, eval_transform=None, train_transform=None)
+    dm.setup("validate")
+    batches = list(dm.val_dataloader())
+    assert batches[1] is None  # the only sample of that batch was skipped
+    assert [int(b[2]) for b in batches if b is not None] == [0, 2]  # (image, mask, index), each index once
+    assert dm.val_dataset.skipped_files() == [str(labels[1])]
+    image, mask = torch.zeros(3, 4, 5), torch.zeros(4, 5, dtype=torch.int64)
+    images, masks = segmentation_collate([None, (image, mask), None, (image + 1, mask)])
+    assert images.shape == (2, 3, 4, 5) and float(images[1].max()) == 1.0
+    assert segmentation_collate([None]) is None
