@@ -45,7 +45,7 @@ class _Checker:
 
     def columns(self, items: list[dict], keys: tuple[str, ...], what: str, defaults: tuple[Any, ...] | None = None
                 ) -> tuple[list[Any], ...]:
-        """The values of ``keys`` in every record, one tuple per key (one C-level pass with ``itemgetter``).
+        """The values of ``keys`` in every record, one list per key (a C-level pass with ``itemgetter`` each).
         Without ``defaults`` a missing key raises naming the records; with them, missing keys take them."""
         try:  # one C-level map per key: no per-record tuple (which would wake the GC over the whole file)
             return tuple(list(map(itemgetter(key), items)) for key in keys)
@@ -79,8 +79,8 @@ class _Checker:
             self.check([type(v) not in _NUMBER for v in values], what, f"whose '{key}' is not a number", names)
         try:
             arr = np.fromiter(values, dtype=np.float64, count=len(values))
-        except OverflowError:  # an integer beyond float64
-            arr = np.full(len(values), np.inf)
+        except OverflowError:  # an integer beyond float64: infinite, i.e. not finite
+            arr = np.array([v if abs(v) < 1e308 else np.inf for v in values], dtype=np.float64)
         self.check(~np.isfinite(arr), what, f"whose '{key}' is not finite", names)
         self.check(arr <= 0 if positive else arr < 0, what, f"whose '{key}' is {'not positive' if positive else 'negative'}",
                    names)

@@ -115,6 +115,8 @@ COCO_CASES = {
     "iscrowd true": (_set("annotations.1.iscrowd", True), r"'iscrowd' is not 0 or 1: id 2"),
     "iscrowd string": (_set("annotations.1.iscrowd", "0"), r"'iscrowd' is not 0 or 1: id 2"),
     "area NaN": (_set("annotations.1.area", float("nan")), r"annotations whose 'area' is not finite: id 2"),
+    "area beyond float64": (_set("annotations.1.area", 2**1100), r"annotations whose 'area' is not finite: id 2 \(1 in all\)"),
+    "bbox beyond float64": (_set("annotations.1.bbox.0", -(2**1100)), r"'bbox' holds NaN or infinity: id 2 \(1 in all\)"),
     "area negative": (_set("annotations.1.area", -1), r"annotations whose 'area' is negative: id 2"),
     "image without file_name": (_set("images.1.file_name", DEL), r"images without 'file_name': id 2 \(1 in all\)"),
     "image empty file_name": (_set("images.1.file_name", ""), r"images whose 'file_name' is not a non-empty string: id 2"),
