@@ -22,7 +22,7 @@ from ghost_vision.data import DataError
 from ghost_vision.tasks.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint
 
 
-def _toy_config(tmp: Path, data_root: Path, *, skip: bool) -> Path:
+def _toy_config(tmp: Path, data_root: Path, *, skip: bool, batch_size: int = 4) -> Path:
     """A toy detector (``_toy.ToyDetector``) on a COCO folder: a run takes seconds."""
     cfg = {
         "seed_everything": 0,
@@ -34,7 +34,7 @@ def _toy_config(tmp: Path, data_root: Path, *, skip: bool) -> Path:
         "model": {"class_path": "ghost_vision.tasks.DetectionTask",
                   "init_args": {"model": {"class_path": "_toy.ToyDetector"}, "metric": "coco", "lr": 0.01}},
         "data": {"class_path": "ghost_vision.data.CocoDataModule",
-                 "init_args": {"root": str(data_root), "batch_size": 4, "val_batch_size": 4, "num_workers": 0,
+                 "init_args": {"root": str(data_root), "batch_size": batch_size, "val_batch_size": 4, "num_workers": 0,
                                "pin_memory": False, "train_transform": None, "skip_corrupt": skip}},
     }
     path = tmp / f"toy_{skip}.yaml"
@@ -53,7 +53,7 @@ def test_skipped_files_logged_and_written_to_metrics_json(raccoon_coco, tmp_path
     root = raccoon_coco["root"]
     train_bad = sorted((root / "train2017").glob("*.jpg"))[5]
     train_bad.write_bytes(train_bad.read_bytes()[:3000])
-    cfg = _toy_config(tmp_path / "run", root, skip=True)
+    cfg = _toy_config(tmp_path / "run", root, skip=True, batch_size=1)  # one training batch is nothing but None
     with caplog.at_level(logging.WARNING, logger="ghost_vision"):
         metrics = _quiet(train, ["--config", str(cfg), "--output", str(tmp_path / "train.json")])
     bad_val = [str(root / "val2017" / f"{n}.jpg") for n in raccoon_coco["bad"]]
@@ -115,6 +115,14 @@ def test_truncated_or_foreign_ckpt_path_fails_before_any_training(raccoon_coco, 
             _quiet(fn, ["--config", str(cfg), "--ckpt_path", str(path)])
         assert str(path) in str(exc.value)
         assert not (run / "ckpt").exists() and not (run / "logs").exists()  # nothing ran
+    if tool == "train":  # --ckpt_path last: the run's own last.ckpt, truncated
+        run = tmp_path / "resume"
+        cfg = _toy_config(run, raccoon_coco["root"], skip=True)
+        (run / "ckpt").mkdir()
+        (run / "ckpt" / "last.ckpt").write_bytes(truncated.read_bytes())
+        with pytest.raises(SystemExit, match=rf"--ckpt_path: {run / 'ckpt' / 'last.ckpt'} is not a PyTorch checkpoint"):
+            _quiet(train, ["--config", str(cfg), "--ckpt_path", "last"])
+        assert not (run / "logs").exists()
 
 
 def test_ckpt_check_on_a_real_zip_of_something_else(tmp_path):
