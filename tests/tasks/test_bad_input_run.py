@@ -231,3 +231,82 @@ def test_ddp_skip_report_and_metrics_match_one_process(raccoon_coco, tmp_path):
     assert outs["one"]["skipped_file_names"] == [str(raccoon_coco["root"] / "val2017" / f"{n}.jpg")
                                                  for n in raccoon_coco["bad"]]
     assert os.path.isfile(ckpt)
+
+
+FIT_KILL_SCRIPT = textwrap.dedent("""
+    import sys, time
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    import ghost_vision.tasks.checkpoint_io as cio
+    from ghost_vision.tasks import DetectionTask
+    from _toy import toy_detection_batches
+
+    class SlowLastSave(L.Callback):
+        # from step 3 on, writing last.ckpt stalls half-way (a slow disk); the parent kills the run then
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step != 2:
+                return
+            real_open = open
+
+            class SlowFile:
+                def __init__(self, f):
+                    self.f, self.n = f, 0
+                def write(self, b):
+                    self.n += self.f.write(b)
+                    if self.n > 1000:
+                        self.f.flush()
+                        print("MID-WRITE", flush=True)
+                        time.sleep(600)
+                    return len(b)
+                def __getattr__(self, name):
+                    return getattr(self.f, name)
+                def __enter__(self):
+                    return self
+                def __exit__(self, *exc):
+                    self.f.close()
+
+            cio.open = lambda p, m="r", *a, **k: (SlowFile if "last" in str(p) else (lambda f: f))(real_open(p, m, *a, **k))
+
+    task = DetectionTask({"class_path": "_toy.ToyDetector"}, num_classes=5, lr=0.01, metric="voc07")
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=0,
+                        enable_model_summary=False, plugins=[cio.AtomicCheckpointIO()],
+                        callbacks=[ModelCheckpoint(dirpath=sys.argv[1], save_last=True, every_n_train_steps=1,
+                                                   save_top_k=-1), SlowLastSave()])
+    trainer.fit(task, toy_detection_batches(8, 2))
+""")
+
+
+@pytest.mark.slow
+def test_fit_killed_while_saving_last_ckpt_resumes_from_the_previous_one(tmp_path):
+    """A real Lightning fit with the CLI's checkpoint plugin, SIGKILLed while step 3's last.ckpt is half-written:
+    last.ckpt still holds step 2, whole, and a new fit resumes from it (``--ckpt_path last``)."""
+    import lightning as L
+    from _toy import toy_detection_batches
+
+    from ghost_vision.tasks import DetectionTask
+
+    script = tmp_path / "fit.py"
+    script.write_text(FIT_KILL_SCRIPT)
+    ckpt_dir = tmp_path / "ckpt"
+    proc = subprocess.Popen([sys.executable, str(script), str(ckpt_dir)], cwd=REPO, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("MID-WRITE"):
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
+    assert (ckpt_dir / "epoch=0-step=3.ckpt").is_file() and list(ckpt_dir.glob(".last.ckpt.tmp-*"))
+    last = check_checkpoint(ckpt_dir / "last.ckpt")
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2
+    task = DetectionTask({"class_path": "_toy.ToyDetector"}, num_classes=5, lr=0.01, metric="voc07")
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=0,
+                        enable_model_summary=False, enable_checkpointing=False, plugins=[AtomicCheckpointIO()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(task, toy_detection_batches(8, 2), ckpt_path=str(last))
+    assert trainer.global_step == 4
