@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -135,72 +136,72 @@ def test_ckpt_check_on_a_real_zip_of_something_else(tmp_path):
         check_checkpoint(path)
 
 
-KILL_SCRIPT = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    import torch
+class _SlowFile:
+    """A file object that stalls once ``limit`` bytes are written (a slow disk), telling ``queue`` so."""
+
+    def __init__(self, f, queue, limit: int) -> None:
+        self.f, self.queue, self.limit, self.n = f, queue, limit, 0
+
+    def write(self, b) -> int:
+        self.n += self.f.write(b)
+        if self.n > self.limit:
+            self.f.flush()
+            self.queue.put("MID-WRITE")
+            time.sleep(600)
+        return len(b)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+
+def _big_ckpt(step: int) -> dict:
+    return {"state_dict": {"w": torch.full((2_000_000,), float(step))}, "pytorch-lightning_version": "2",
+            "global_step": step}
+
+
+def _save_twice(mode: str, target: Path, queue) -> None:
+    """Child process: save step 1 whole, then stall half-way through saving step 2."""
     import ghost_vision.tasks.checkpoint_io as cio
 
-    mode, target = sys.argv[1], Path(sys.argv[2])
-
-    class SlowFile:
-        # a file object that stalls half-way through writing (a slow disk); the parent kills us then
-        def __init__(self, f):
-            self.f, self.n = f, 0
-        def write(self, b):
-            self.n += self.f.write(b)
-            if self.n > 2_000_000:
-                self.f.flush()
-                print("MID-WRITE", flush=True)
-                time.sleep(600)
-            return len(b)
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-        def __enter__(self):
-            return self
-        def __exit__(self, *exc):
-            self.f.close()
-
-    def ckpt(step):
-        return {"state_dict": {"w": torch.full((2_000_000,), float(step))}, "pytorch-lightning_version": "2",
-                "global_step": step}
-
-    io = cio.AtomicCheckpointIO()
-    io.save_checkpoint(ckpt(1), target)  # the previous last.ckpt, written whole
-    print("SAVED 1", flush=True)
+    io = AtomicCheckpointIO()
+    io.save_checkpoint(_big_ckpt(1), target)  # the previous last.ckpt
+    queue.put("SAVED 1")
     if mode == "atomic":
         real_open = open
-        cio.open = lambda p, m="r", *a, **k: SlowFile(real_open(p, m, *a, **k))
-        io.save_checkpoint(ckpt(2), target)
-    else:  # what a plain in-place write does
-        with SlowFile(open(target, "wb")) as f:
-            torch.save(ckpt(2), f)
-""")
+        cio.open = lambda p, m="r", *a, **k: _SlowFile(real_open(p, m, *a, **k), queue, 2_000_000)
+        io.save_checkpoint(_big_ckpt(2), target)
+    else:  # the contrast: what an in-place write does
+        with _SlowFile(open(target, "wb"), queue, 2_000_000) as f:
+            torch.save(_big_ckpt(2), f)
 
 
-@pytest.mark.parametrize("mode", ["atomic", pytest.param("in_place", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode", ["atomic", "in_place"])
 def test_kill_during_checkpoint_save(tmp_path, mode):
     """SIGKILL while the second checkpoint is half-written: with AtomicCheckpointIO the previous last.ckpt
     is intact and loads; an in-place write (the contrast) leaves a truncated file, which the --ckpt_path check
-    refuses, naming it."""
-    script = tmp_path / "save.py"
-    script.write_text(KILL_SCRIPT)
+    refuses, naming it. (A forked child: this process has torch and Lightning imported already.)"""
+    import multiprocessing as mp
+
     target = tmp_path / "ckpt" / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, str(script), mode, str(target)], cwd=REPO, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_save_twice, args=(mode, target, queue), daemon=True)
+    child.start()
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line.strip())
-            if line.startswith("MID-WRITE"):
-                proc.send_signal(signal.SIGKILL)
-                break
-        proc.wait(timeout=120)
+        messages = [queue.get(timeout=120), queue.get(timeout=120)]
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert lines == ["SAVED 1", "MID-WRITE"], (lines, proc.stderr.read()[-3000:])
-    assert proc.returncode == -signal.SIGKILL
+        if child.is_alive():
+            child.kill()
+    assert messages == ["SAVED 1", "MID-WRITE"]
+    assert child.exitcode == -signal.SIGKILL
     if mode == "atomic":
         temps = list(target.parent.glob(".last.ckpt.tmp-*"))
         assert len(temps) == 1 and temps[0].stat().st_size > 2_000_000  # killed mid-write, indeed
