@@ -8,8 +8,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -234,80 +232,54 @@ def test_ddp_skip_report_and_metrics_match_one_process(raccoon_coco, tmp_path):
     assert os.path.isfile(ckpt)
 
 
-FIT_KILL_SCRIPT = textwrap.dedent("""
-    import sys, time
+def _toy_fit(ckpt_dir: Path | None, queue=None, ckpt_path: str | None = None):
+    """4 steps of a toy detector with the CLI's checkpoint plugin; with ``queue``, writing last.ckpt stalls
+    half-way from step 3 on (a slow disk) and says so."""
     import lightning as L
+    from _toy import toy_detection_batches
     from lightning.pytorch.callbacks import ModelCheckpoint
+
     import ghost_vision.tasks.checkpoint_io as cio
     from ghost_vision.tasks import DetectionTask
-    from _toy import toy_detection_batches
 
     class SlowLastSave(L.Callback):
-        # from step 3 on, writing last.ckpt stalls half-way (a slow disk); the parent kills the run then
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step != 2:
-                return
-            real_open = open
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == 2:
+                real_open = open
+                cio.open = lambda p, m="r", *a, **k: (
+                    _SlowFile(real_open(p, m, *a, **k), queue, 1000) if "last" in str(p) else real_open(p, m, *a, **k))
 
-            class SlowFile:
-                def __init__(self, f):
-                    self.f, self.n = f, 0
-                def write(self, b):
-                    self.n += self.f.write(b)
-                    if self.n > 1000:
-                        self.f.flush()
-                        print("MID-WRITE", flush=True)
-                        time.sleep(600)
-                    return len(b)
-                def __getattr__(self, name):
-                    return getattr(self.f, name)
-                def __enter__(self):
-                    return self
-                def __exit__(self, *exc):
-                    self.f.close()
-
-            cio.open = lambda p, m="r", *a, **k: (SlowFile if "last" in str(p) else (lambda f: f))(real_open(p, m, *a, **k))
-
+    callbacks = [] if ckpt_dir is None else [
+        ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=1, save_top_k=-1), SlowLastSave()]
     task = DetectionTask({"class_path": "_toy.ToyDetector"}, num_classes=5, lr=0.01, metric="voc07")
     trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=0,
-                        enable_model_summary=False, plugins=[cio.AtomicCheckpointIO()],
-                        callbacks=[ModelCheckpoint(dirpath=sys.argv[1], save_last=True, every_n_train_steps=1,
-                                                   save_top_k=-1), SlowLastSave()])
-    trainer.fit(task, toy_detection_batches(8, 2))
-""")
+                        enable_model_summary=False, enable_checkpointing=ckpt_dir is not None,
+                        plugins=[AtomicCheckpointIO()], callbacks=callbacks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(task, toy_detection_batches(8, 2), ckpt_path=ckpt_path)
+    return trainer
 
 
-@pytest.mark.slow
 def test_fit_killed_while_saving_last_ckpt_resumes_from_the_previous_one(tmp_path):
     """A real Lightning fit with the CLI's checkpoint plugin, SIGKILLed while step 3's last.ckpt is half-written:
-    last.ckpt still holds step 2, whole, and a new fit resumes from it (``--ckpt_path last``)."""
-    import lightning as L
-    from _toy import toy_detection_batches
+    last.ckpt still holds step 2, whole, and a new fit resumes from it."""
+    import multiprocessing as mp
 
-    from ghost_vision.tasks import DetectionTask
-
-    script = tmp_path / "fit.py"
-    script.write_text(FIT_KILL_SCRIPT)
     ckpt_dir = tmp_path / "ckpt"
-    proc = subprocess.Popen([sys.executable, str(script), str(ckpt_dir)], cwd=REPO, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_toy_fit, args=(ckpt_dir, queue), daemon=True)
+    child.start()
     try:
-        for line in proc.stdout:
-            if line.startswith("MID-WRITE"):
-                proc.send_signal(signal.SIGKILL)
-                break
-        proc.wait(timeout=300)
+        assert queue.get(timeout=300) == "MID-WRITE"
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:]
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == -signal.SIGKILL
     assert (ckpt_dir / "epoch=0-step=3.ckpt").is_file() and list(ckpt_dir.glob(".last.ckpt.tmp-*"))
     last = check_checkpoint(ckpt_dir / "last.ckpt")
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2
-    task = DetectionTask({"class_path": "_toy.ToyDetector"}, num_classes=5, lr=0.01, metric="voc07")
-    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=0,
-                        enable_model_summary=False, enable_checkpointing=False, plugins=[AtomicCheckpointIO()])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(task, toy_detection_batches(8, 2), ckpt_path=str(last))
-    assert trainer.global_step == 4
+    assert _toy_fit(None, ckpt_path=str(last)).global_step == 4
