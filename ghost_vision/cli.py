@@ -19,7 +19,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from ghost_vision.tasks import load_task  # also importable from here (its historical place)
-from ghost_vision.tasks.callbacks import DrawPredictions, TrainingCurves, output_dir
+from ghost_vision.tasks.callbacks import DrawPredictions, SkippedFiles, TrainingCurves, output_dir
+from ghost_vision.tasks.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint
 
 __all__ = ["GhostCLI", "train", "evaluate", "format_metrics", "load_task"]
 
@@ -46,7 +47,9 @@ def _make_cli(args: Sequence[str] | None) -> GhostCLI:
         auto_configure_optimizers=False,  # the tasks own optimizer/scheduler set-up (no decay on norms, warm-up)
         subclass_mode_model=True,
         subclass_mode_data=True,
-        trainer_defaults={"callbacks": [TrainingCurves(), DrawPredictions()]},
+        # atomic checkpoint writes: a job killed while saving keeps the previous last.ckpt
+        trainer_defaults={"callbacks": [TrainingCurves(), DrawPredictions(), SkippedFiles()],
+                          "plugins": [AtomicCheckpointIO()]},
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": __doc__},
     )
@@ -71,12 +74,38 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 @rank_zero_only
-def _report(metrics: dict[str, float], output: str | None, default: Path) -> None:
+def _report(metrics: dict[str, float], output: str | None, default: Path, extra: dict[str, Any] | None = None) -> None:
     print(format_metrics(metrics))
     for path in {Path(output)} if output else {default}:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(metrics, indent=2) + "\n")
+        path.write_text(json.dumps({**metrics, **(extra or {})}, indent=2) + "\n")
         rank_zero_info(f"metrics written to {path}")
+
+
+def _checked_ckpt_path(cli: GhostCLI) -> str | None:
+    """``--ckpt_path``, verified before any work: a missing, truncated or foreign file stops here, named
+    (``last`` is checked once it names a file of the run's checkpoint folder)."""
+    ckpt_path = cli.config.get("ckpt_path")
+    target = ckpt_path
+    if ckpt_path == "last":
+        ckpt = cli.trainer.checkpoint_callback
+        dirpath = getattr(ckpt, "dirpath", None)
+        target = Path(dirpath) / f"{getattr(ckpt, 'CHECKPOINT_NAME_LAST', 'last')}.ckpt" if dirpath else None
+        if target is None or not target.is_file():
+            return ckpt_path
+    if target:
+        try:
+            check_checkpoint(target)
+        except CheckpointError as e:
+            raise SystemExit(str(e)) from None
+    return ckpt_path
+
+
+def _skipped(trainer: Any) -> dict[str, Any]:
+    """The files skipped as unreadable during the last validation, for the metrics JSON (when skipping)."""
+    cb = next((c for c in trainer.callbacks if isinstance(c, SkippedFiles)), None)
+    names = None if cb is None else cb.names.get("val")
+    return {} if names is None else {"skipped_file_names": names}
 
 
 def _finish(trainer: Any) -> None:
@@ -91,7 +120,7 @@ def train(args: Sequence[str] | None = None) -> dict[str, float]:
     """Fit, then validate the best checkpoint (``last`` when no metric is monitored); returns metrics."""
     cli = _make_cli(args)
     trainer, task, dm = cli.trainer, cli.model, cli.datamodule
-    trainer.fit(task, datamodule=dm, ckpt_path=cli.config.get("ckpt_path"))
+    trainer.fit(task, datamodule=dm, ckpt_path=_checked_ckpt_path(cli))
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
     best = best or (ckpt.last_model_path if ckpt is not None and ckpt.last_model_path else None)
@@ -99,7 +128,7 @@ def train(args: Sequence[str] | None = None) -> dict[str, float]:
     metrics = _flat(results)
     if best:
         rank_zero_info(f"validated checkpoint {best}")
-    _report(metrics, cli.config.get("output"), output_dir(trainer) / "metrics.json")
+    _report(metrics, cli.config.get("output"), output_dir(trainer) / "metrics.json", _skipped(trainer))
     _finish(trainer)
     return metrics
 
@@ -110,10 +139,9 @@ def evaluate(args: Sequence[str] | None = None) -> dict[str, float]:
     ckpt_path = cli.config.get("ckpt_path")
     if not ckpt_path or ckpt_path == "last":
         raise SystemExit("tools/eval.py needs --ckpt_path PATH/TO/CHECKPOINT.ckpt")
-    if not Path(ckpt_path).is_file():
-        raise SystemExit(f"checkpoint not found: {ckpt_path}")
+    _checked_ckpt_path(cli)
     results = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics = _flat(results)
-    _report(metrics, cli.config.get("output"), output_dir(cli.trainer) / "eval_metrics.json")
+    _report(metrics, cli.config.get("output"), output_dir(cli.trainer) / "eval_metrics.json", _skipped(cli.trainer))
     _finish(cli.trainer)
     return metrics

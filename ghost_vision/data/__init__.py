@@ -35,6 +35,7 @@ _LAZY = {
     "VOCSegmentationDataModule": "datamodules",
     "detection_collate": "datamodules",
     "SegmentationFolderDataModule": "folder_datamodule",
+    "segmentation_collate": "loading",
     "SyntheticCityscapesDataModule": "synthetic_datamodules",
     "SyntheticCocoDataModule": "synthetic_datamodules",
     "SyntheticSegmentationFolderDataModule": "synthetic_datamodules",

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ._target import Transforms, image_to_tensor
-from .io import DataError, SkipCorrupt, SkippingDataset, read_image, read_label_png
+from .io import DataError, SkipCorrupt, SkippingDataset, few, read_image, read_label_png
 
 __all__ = ["CITYSCAPES_CLASSES", "CITYSCAPES_LABELS", "CityscapesSegmentation", "label_ids_to_train_ids"]
 
@@ -28,6 +28,7 @@ CITYSCAPES_CLASSES: tuple[str, ...] = tuple(
     name for name, _, tid in sorted(CITYSCAPES_LABELS, key=lambda x: x[2]) if 0 <= tid < 255
 )
 
+_MAX_ID = max(i for _, i, _ in CITYSCAPES_LABELS)  # 33: a labelIds PNG holds 0.._MAX_ID only
 _LUT = np.full(256, 255, dtype=np.uint8)
 for _name, _id, _tid in CITYSCAPES_LABELS:
     if 0 <= _id < 256:
@@ -77,7 +78,7 @@ class CityscapesSegmentation(SkippingDataset):
         if not self.images:
             raise FileNotFoundError(f"no */*_leftImg8bit.png images found in {img_root}")
         self.ids: list[str] = [f"{p.parent.name}/{p.name.removesuffix('_leftImg8bit.png')}" for p in self.images]
-        self._skip = SkipCorrupt(skip_corrupt, f"CityscapesSegmentation({self.root}, {split})")
+        self._skip = SkipCorrupt(skip_corrupt, f"CityscapesSegmentation({self.root}, {split})", len(self.ids))
 
     def label_path(self, index: int) -> Path:
         city, stem = self.ids[index].split("/", 1)
@@ -88,12 +89,22 @@ class CityscapesSegmentation(SkippingDataset):
         label_path = self.label_path(index)
         if not label_path.is_file():
             raise FileNotFoundError(f"Cityscapes label file not found: {label_path}")
-        mask = label_ids_to_train_ids(read_label_png(label_path))
-        if mask.shape != image.shape[:2]:
-            raise DataError(f"Cityscapes label {label_path} is {mask.shape[::-1]} but its image is {image.shape[1::-1]}")
+        label_ids = read_label_png(label_path)
+        if label_ids.shape != image.shape[:2]:
+            raise DataError(
+                f"Cityscapes label {label_path} is {label_ids.shape[::-1]} (W, H) but its image "
+                f"{self.images[index]} is {image.shape[1::-1]}"
+            )
+        if label_ids.max(initial=0) > _MAX_ID:
+            bad = np.unique(label_ids[label_ids > _MAX_ID])
+            raise DataError(
+                f"Cityscapes label {label_path} holds label ids {few(bad.tolist())} outside the label table "
+                f"(0..{_MAX_ID}); is it a *_labelIds.png (not *_color.png or *_instanceIds.png)?"
+            )
+        mask = label_ids_to_train_ids(label_ids)
         if self.transforms is not None:
             image, mask = self.transforms(image=image, mask=mask)
         return image_to_tensor(image), torch.as_tensor(np.asarray(mask)).to(torch.int64)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._skip.fetch(index, len(self), self._load)
+    def sample_files(self, index: int) -> tuple[str, ...]:
+        return str(self.images[index]), str(self.label_path(index))

@@ -14,20 +14,32 @@ import torch
 from pycocotools.coco import COCO
 
 from ._target import Transforms, finalize_detection, to_tensor_target
+from ._validate import validate_coco
 from .io import DataError, SkipCorrupt, SkippingDataset, read_image, require_file
 
 __all__ = ["CocoDetection", "load_coco_json"]
 
 
-def load_coco_json(ann_file: str | Path) -> COCO:
-    """Load a COCO annotation file into a :class:`pycocotools.coco.COCO`, with errors naming the file."""
+def load_coco_json(ann_file: str | Path, *, evaluation: bool = False) -> COCO:
+    """Load and validate a COCO annotation file into a :class:`pycocotools.coco.COCO`.
+
+    Every malformed record raises :class:`DataError` naming the file and the records (see
+    :func:`ghost_vision.data._validate.validate_coco`; ``evaluation=True`` also requires ``area`` and
+    ``iscrowd``, which pycocotools' COCOeval reads). Boxes under 1 px once clipped to their image (legal: COCO
+    has them) are counted in one warning: training leaves them out, evaluation leaves them to pycocotools.
+
+    Example:
+        >>> coco = load_coco_json("coco/annotations/instances_val2017.json")  # doctest: +SKIP
+        >>> len(coco.imgs), len(coco.anns)  # doctest: +SKIP
+        (5000, 36781)
+    """
     ann_file = require_file(ann_file, "COCO annotation file")
     try:
         with open(ann_file, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON in COCO annotation file {ann_file}: {e}") from e
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, RecursionError) as e:
         raise DataError(f"cannot read COCO annotation file {ann_file}: {e}") from e
     if not isinstance(data, dict):
         raise DataError(f"COCO annotation file {ann_file}: top level must be an object, got {type(data).__name__}")
@@ -35,10 +47,14 @@ def load_coco_json(ann_file: str | Path) -> COCO:
         if not isinstance(data.get(key), list):
             raise DataError(f"COCO annotation file {ann_file}: missing or invalid '{key}' list")
     data.setdefault("annotations", [])
-    for what, items in (("image", data["images"]), ("category", data["categories"])):
-        for item in items:
-            if not isinstance(item, dict) or "id" not in item:
-                raise DataError(f"COCO annotation file {ann_file}: {what} entry without 'id': {item!r:.200}")
+    counts = validate_coco(data, ann_file, evaluation=evaluation)
+    if counts["degenerate"]:
+        warnings.warn(
+            f"{ann_file}: {counts['degenerate']} of {counts['boxes']} boxes are under 1 px wide or high once "
+            "clipped to their image; they are left out of training targets (evaluation keeps them, as pycocotools "
+            "does)",
+            stacklevel=2,
+        )
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -96,7 +112,7 @@ class CocoDetection(SkippingDataset):
         self.ids: list[int] = sorted(int(i) for i in self.coco.imgs)
         if remove_empty:
             self.ids = [i for i in self.ids if self._has_valid_box(i)]
-        self._skip = SkipCorrupt(skip_corrupt, f"CocoDetection({self.ann_file})")
+        self._skip = SkipCorrupt(skip_corrupt, f"CocoDetection({self.ann_file})", len(self.ids))
 
     @property
     def num_classes(self) -> int:
@@ -109,10 +125,7 @@ class CocoDetection(SkippingDataset):
         for a in self.coco.imgToAnns.get(image_id, []):
             if a.get("iscrowd", 0) or a.get("category_id") not in self.cat_id_to_label:
                 continue
-            try:
-                x, y, bw, bh = (float(v) for v in a["bbox"])
-            except (KeyError, TypeError, ValueError):
-                continue
+            x, y, bw, bh = (float(v) for v in a["bbox"])
             if min(x + bw, w) - max(x, 0.0) >= 1 and min(y + bh, h) - max(y, 0.0) >= 1:
                 return True
         return False
@@ -123,13 +136,7 @@ class CocoDetection(SkippingDataset):
             label = self.cat_id_to_label.get(a.get("category_id"))
             if label is None:
                 continue
-            bbox = a.get("bbox")
-            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-                raise DataError(f"{self.ann_file}: annotation {a.get('id')} has an invalid bbox {bbox!r}")
-            try:
-                x, y, w, h = (float(v) for v in bbox)
-            except (TypeError, ValueError) as e:
-                raise DataError(f"{self.ann_file}: annotation {a.get('id')} has an invalid bbox {bbox!r}") from e
+            x, y, w, h = (float(v) for v in a["bbox"])  # 4 finite numbers, w, h >= 0: validated at load
             boxes.append((x, y, x + w, y + h))
             labels.append(label)
             crowd.append(bool(a.get("iscrowd", 0)))
@@ -142,8 +149,6 @@ class CocoDetection(SkippingDataset):
     def _load(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
-        if "file_name" not in info:
-            raise DataError(f"{self.ann_file}: image {image_id} has no 'file_name'")
         image = read_image(self.img_dir / info["file_name"])
         target = self._annotations(image_id)
         orig_size = image.shape[:2]
@@ -164,5 +169,5 @@ class CocoDetection(SkippingDataset):
         out["orig_size"] = torch.tensor(orig_size, dtype=torch.int64)
         return tensor, out
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        return self._skip.fetch(index, len(self), self._load)
+    def sample_files(self, index: int) -> tuple[str, ...]:
+        return (str(self.img_dir / self.coco.imgs[self.ids[index]]["file_name"]),)

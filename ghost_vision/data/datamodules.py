@@ -145,7 +145,8 @@ class VOCDetectionDataModule(_DetectionDataModule):
     """Pascal VOC detection: train on ``VOC2007+VOC2012 trainval``, validate/test on ``VOC2007 test``.
 
     ``root`` is the VOCdevkit folder. Eval datasets keep difficult objects (flagged) for the VOC metric;
-    ``keep_difficult_train`` controls training. ``classes`` defaults to the 20 VOC classes.
+    ``keep_difficult_train`` controls training. ``classes`` defaults to the 20 VOC classes; objects of other
+    classes stop the set-up naming them unless ``ignore_unknown_classes=True`` (dropped, counted, warned).
 
     Example:
         >>> dm = VOCDetectionDataModule("data/VOCdevkit", batch_size=32)  # doctest: +SKIP
@@ -173,6 +174,7 @@ class VOCDetectionDataModule(_DetectionDataModule):
         train_transform_kwargs: dict[str, Any] | None = None,
         eval_transform_kwargs: dict[str, Any] | None = None,
         skip_corrupt: bool = False,
+        ignore_unknown_classes: bool = False,
     ) -> None:
         super().__init__(
             batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory,
@@ -182,6 +184,7 @@ class VOCDetectionDataModule(_DetectionDataModule):
         )
         from .voc import VOC_CLASSES
 
+        self.ignore_unknown_classes = ignore_unknown_classes
         self.root = Path(root).expanduser().absolute()
         self.train_years, self.val_years = tuple(train_years), tuple(val_years)
         self.train_image_set, self.val_image_set = train_image_set, val_image_set
@@ -210,12 +213,13 @@ class VOCDetectionDataModule(_DetectionDataModule):
             self.train_dataset = VOCDetection(
                 self.root, year=self.train_years, image_set=self.train_image_set, classes=self.classes,
                 keep_difficult=self.keep_difficult_train, transforms=self.train_transforms_fn(),
-                skip_corrupt=self.skip_corrupt,
+                skip_corrupt=self.skip_corrupt, ignore_unknown_classes=self.ignore_unknown_classes,
             )
         if self.val_dataset is None:
             self.val_dataset = VOCDetection(
                 self.root, year=self.val_years, image_set=self.val_image_set, classes=self.classes,
                 keep_difficult=True, transforms=self.eval_transforms_fn(), skip_corrupt=self.skip_corrupt,
+                ignore_unknown_classes=self.ignore_unknown_classes,
             )
 
 

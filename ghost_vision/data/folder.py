@@ -173,7 +173,7 @@ class SegmentationFolder(SkippingDataset):
         self.ids: list[str] = stems
         self.images = [images[s] for s in stems]
         self.masks = [masks[s] for s in stems]
-        self._skip = SkipCorrupt(skip_corrupt, f"SegmentationFolder({self.img_dir}, {self.ann_dir})")
+        self._skip = SkipCorrupt(skip_corrupt, f"SegmentationFolder({self.img_dir}, {self.ann_dir})", len(stems))
 
     @property
     def num_classes(self) -> int:
@@ -251,5 +251,5 @@ class SegmentationFolder(SkippingDataset):
             image, mask = self.transforms(image=image, mask=mask)
         return image_to_tensor(image), torch.as_tensor(np.asarray(mask)).to(torch.int64)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._skip.fetch(index, len(self), self._load)
+    def sample_files(self, index: int) -> tuple[str, ...]:
+        return str(self.images[index]), str(self.masks[index])

@@ -5,18 +5,20 @@
 - :func:`read_label_png` returns the raw ``H x W`` values of a label PNG (palette indices for palette PNGs).
 - :func:`read_colour_mask` maps a colour (RGB) label image to indices into a palette.
 - Problems raise :class:`DataError` (or :class:`FileNotFoundError` for a missing file) naming the file.
-- :class:`SkipCorrupt` implements the opt-in ``skip_corrupt=True`` behaviour of the datasets.
+- :class:`SkipCorrupt` implements the opt-in ``skip_corrupt=True`` behaviour of the datasets: an unreadable
+  sample comes back as ``None`` (never another sample), counted and logged.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
@@ -29,6 +31,13 @@ __all__ = [
 
 class DataError(ValueError):
     """A data file is unreadable, corrupt or malformed; the message names the file and the problem."""
+
+
+def few(items: Iterable[Any], n: int = 5) -> str:
+    """``"a, b, c, ... (12 in all)"``: the first ``n`` items and the count, for error messages."""
+    items = list(items)
+    head = ", ".join(str(x) for x in items[:n])
+    return f"{head}{', ...' if len(items) > n else ''} ({len(items)} in all)"
 
 
 def require_file(path: str | Path, what: str = "file") -> Path:
@@ -106,54 +115,92 @@ def read_label_png(path: str | Path) -> np.ndarray:
 
 
 class SkipCorrupt:
-    """Opt-in skipping of unreadable samples: counts them, logs the count, never drops silently.
+    """Opt-in skipping of unreadable samples (``skip_corrupt=True``), honest about it.
 
-    ``fetch(index, loader)`` calls ``loader(i)`` for ``i = index, index + 1, ...`` (wrapping around) until
-    one succeeds. Only :class:`DataError` and :class:`OSError` (missing/unreadable files) are skipped.
-    In DataLoader worker processes each worker keeps its own count.
+    ``fetch(index, loader)`` returns ``loader(index)``, or ``None`` when that raises :class:`DataError` or
+    :class:`OSError` (missing/unreadable file): never another sample in its place (the DataLoader's collate
+    drops the ``None``, so evaluation scores exactly the readable samples). Each skip is logged with its
+    reason where it happens. The skipped indices are flagged in a tensor in shared memory, so that the
+    DataLoader's worker processes (each with its own copy of the dataset) and the main process share one
+    record; the flag value says which of the sample's files failed (1 + its position in
+    ``SkippingDataset.sample_files``; 255 when the message names none of them). A flagged sample is not read
+    again.
     """
 
-    def __init__(self, enabled: bool, name: str) -> None:
+    def __init__(self, enabled: bool, name: str, length: int) -> None:
         self.enabled = enabled
         self.name = name
-        self.skipped: dict[int, str] = {}
+        self.flags = torch.zeros(length, dtype=torch.uint8).share_memory_() if enabled else None
+        self.reasons: dict[int, str] = {}  # what this process saw
 
-    @property
-    def num_skipped(self) -> int:
-        return len(self.skipped)
+    def mark(self, index: int, error: BaseException, files: Sequence[str]) -> None:
+        """Flag ``index`` as skipped because of ``error`` (``files``: the sample's files, to name the culprit)."""
+        assert self.flags is not None
+        message = str(error)
+        which = next((k + 1 for k, f in enumerate(files) if f in message), 255)
+        self.flags[index] = which
+        self.reasons[index] = message
+        logger.warning("%s: skipping sample %d (skip_corrupt=True): %s", self.name, index, message)
 
-    def fetch(self, index: int, length: int, loader: Callable[[int], Any]) -> Any:
-        if not self.enabled:
+    def fetch(self, index: int, loader: Callable[[int], Any], files: Callable[[int], Sequence[str]]) -> Any:
+        if self.flags is None:
             return loader(index)
-        for step in range(length):
-            i = (index + step) % length
-            if i in self.skipped:
-                continue
-            try:
-                return loader(i)
-            except (DataError, OSError) as e:
-                self.skipped[i] = str(e)
-                logger.warning(
-                    "%s: skipped %d corrupt sample(s) so far (skip_corrupt=True); latest: index %d: %s",
-                    self.name, len(self.skipped), i, e,
-                )
-        raise DataError(f"{self.name}: every sample is corrupt or missing ({length} skipped)")
+        if self.flags[index]:
+            return None
+        try:
+            return loader(index)
+        except (DataError, OSError) as e:
+            self.mark(index, e, files(index))
+            return None
+
+    def skipped(self) -> dict[int, int]:
+        """``{index: flag}`` of every sample skipped so far by any process sharing this record."""
+        if self.flags is None:
+            return {}
+        idx = self.flags.nonzero().flatten()
+        return dict(zip(idx.tolist(), self.flags[idx].tolist(), strict=True))
 
 
 class SkippingDataset(Dataset):
-    """Base of the real-format datasets: one entry of ``ids`` per sample and an opt-in :class:`SkipCorrupt`
-    in ``_skip`` (both set by the subclass's ``__init__``)."""
+    """Base of the real-format datasets: one entry of ``ids`` per sample, ``_load(index)`` reads one, and an
+    opt-in :class:`SkipCorrupt` in ``_skip`` (both set by the subclass's ``__init__``).
+
+    With ``skip_corrupt=True`` an unreadable sample comes back as ``None`` (the loaders' collate functions
+    drop it); :meth:`skipped_files` names the files skipped so far by this process and its DataLoader
+    workers.
+    """
 
     ids: list[Any]
     _skip: SkipCorrupt
 
+    def _load(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def sample_files(self, index: int) -> tuple[str, ...]:
+        """The files sample ``index`` is read from (to name the one that failed)."""
+        return (str(self.ids[index]),)
+
     @property
     def num_skipped(self) -> int:
-        """Corrupt samples skipped so far in this process (``skip_corrupt=True``)."""
-        return self._skip.num_skipped
+        """Corrupt samples skipped so far (``skip_corrupt=True``) by this process and its DataLoader workers."""
+        return len(self._skip.skipped())
+
+    def skipped_files(self, flags: Mapping[int, int] | None = None) -> list[str]:
+        """The unreadable file of every skipped sample, in index order; ``flags`` (``{index: flag}``, e.g.
+        gathered from several processes) replaces this process's record."""
+        flags = self._skip.skipped() if flags is None else flags
+        out = []
+        for i in sorted(flags):
+            files = self.sample_files(i)
+            which = int(flags[i])
+            out.append(files[which - 1] if 1 <= which <= len(files) else " or ".join(files))
+        return out
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._skip.fetch(index, self._load, self.sample_files)
 
 
 def read_colour_mask(path: str | Path, palette: np.ndarray) -> np.ndarray:

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .resumable import ResumableDataLoader
 
-__all__ = ["IndexedDataset", "build_preset", "detection_collate", "missing_data_error", "recipe_hint"]
+__all__ = ["IndexedDataset", "build_preset", "detection_collate", "missing_data_error", "recipe_hint",
+           "segmentation_collate"]
 
 # The synthetic recipes that the "dataset not found" messages suggest (named, not addressed by a path: the
 # recipes are found by name wherever they are installed).
@@ -24,9 +25,21 @@ def recipe_hint(name: str) -> str:
     return f"recipe {name} (configs/{name}.yaml)"
 
 
-def detection_collate(batch: Sequence[tuple[Any, Any]]) -> tuple[tuple[Any, ...], ...]:
-    """``[(img, target), ...] -> ((img, ...), (target, ...))``: detection images differ in size."""
-    return tuple(zip(*batch, strict=True))
+def detection_collate(batch: Sequence[tuple[Any, Any] | None]) -> tuple[tuple[Any, ...], ...] | None:
+    """``[(img, target), ...] -> ((img, ...), (target, ...))``: detection images differ in size.
+
+    ``None`` entries (samples skipped as unreadable, ``skip_corrupt=True``) are dropped; a batch of nothing but
+    skipped samples becomes ``None``, which the tasks' steps pass over.
+    """
+    batch = [b for b in batch if b is not None]
+    return tuple(zip(*batch, strict=True)) if batch else None
+
+
+def segmentation_collate(batch: Sequence[tuple[Any, ...] | None]) -> Any:
+    """``default_collate`` (stacked images and masks) after dropping skipped samples (``None``), as
+    :func:`detection_collate` does; ``None`` when nothing is left."""
+    batch = [b for b in batch if b is not None]
+    return default_collate(batch) if batch else None
 
 
 class IndexedDataset(Dataset):
@@ -43,8 +56,9 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
-        return (*self.dataset[index], index)
+    def __getitem__(self, index: int) -> tuple[Any, ...] | None:
+        sample = self.dataset[index]
+        return None if sample is None else (*sample, index)  # None: skipped (skip_corrupt=True)
 
     def __getattr__(self, name: str) -> Any:  # classes, ids, ... of the wrapped dataset
         if name == "dataset":
@@ -166,6 +180,7 @@ class _DetectionDataModule(_BaseDataModule):
 class _SegmentationDataModule(_BaseDataModule):
     """Adds ``crop_size``, ``scale`` (``seg_train``) and ``eval_size`` (``seg_eval``); all options keyword-only."""
 
+    _collate = staticmethod(segmentation_collate)
     _index_eval = True
 
     def __init__(

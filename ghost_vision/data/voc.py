@@ -9,6 +9,7 @@ pixel columns ``xmin - 1 .. xmax - 1``; as continuous 0-based xyxy that is
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from .io import (
     DataError,
     SkipCorrupt,
     SkippingDataset,
+    few,
     read_colour_mask,
     read_image,
     read_label_png,
@@ -101,50 +103,70 @@ class _VOCBase(SkippingDataset):
             ydir = _year_dir(self.root, y)
             self._items += [(ydir, i) for i in _read_ids(ydir / "ImageSets" / subdir / f"{image_set}.txt")]
         self.ids: list[str] = [i for _, i in self._items]
-        self._skip = SkipCorrupt(skip_corrupt, f"{name}({self.root}, {'+'.join(self.years)}, {image_set})")
+        self._skip = SkipCorrupt(skip_corrupt, f"{name}({self.root}, {'+'.join(self.years)}, {image_set})",
+                                 len(self.ids))
 
     @property
     def num_classes(self) -> int:
         """Number of classes including background (K + 1)."""
         return len(self.classes) + 1
 
-    def __getitem__(self, index: int):
-        return self._skip.fetch(index, len(self), self._load)
+    def image_path(self, index: int) -> Path:
+        """The image file of sample ``index`` (``JPEGImages/{id}.jpg`` when no file of that stem exists)."""
+        ydir, image_id = self._items[index]
+        try:
+            return find_image(ydir / "JPEGImages", image_id)
+        except FileNotFoundError:
+            return ydir / "JPEGImages" / f"{image_id}.jpg"
 
 
-def _number(obj: ET.Element, tag: str, xml_path: Path) -> float:
+def _number(obj: ET.Element, tag: str, xml_path: Path, what: str) -> float:
     node = obj.find(tag)
     if node is None or node.text is None:
-        raise DataError(f"malformed VOC XML {xml_path}: <{tag}> missing")
+        raise DataError(f"malformed VOC XML {xml_path}: {what}: <{tag}> missing")
     try:
-        return float(node.text.strip())
+        value = float(node.text.strip())
     except ValueError as e:
-        raise DataError(f"malformed VOC XML {xml_path}: <{tag}> is not a number: {node.text!r}") from e
+        raise DataError(f"malformed VOC XML {xml_path}: {what}: <{tag}> is not a number: {node.text!r}") from e
+    if not math.isfinite(value):
+        raise DataError(f"malformed VOC XML {xml_path}: {what}: <{tag}> is not finite: {node.text!r}")
+    return value
 
 
 def parse_voc_xml(xml_path: Path) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
-    """Objects (name, 0-based xyxy box, difficult) and the XML ``(width, height)`` (None when 0/absent)."""
+    """Objects (name, 0-based xyxy box, difficult) and the XML ``(width, height)`` (None when 0/absent).
+
+    Raises :class:`DataError` naming the file and the object for: malformed XML, an ``<object>`` without a
+    non-empty ``<name>`` or without ``<bndbox>``, a coordinate that is missing, not a number or not finite,
+    ``xmax < xmin`` or ``ymax < ymin``, a non-numeric ``<size>``.
+    """
     require_file(xml_path, "VOC annotation file")
     try:
         root = ET.parse(xml_path).getroot()
-    except ET.ParseError as e:
+    except (ET.ParseError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         raise DataError(f"malformed VOC XML {xml_path}: {e}") from e
     size = None
     if root.find("size") is not None:
-        w, h = (_number(root.find("size"), t, xml_path) for t in ("width", "height"))
+        w, h = (_number(root.find("size"), t, xml_path, "<size>") for t in ("width", "height"))
         size = (int(w), int(h)) if w > 0 and h > 0 else None
     objects = []
-    for obj in root.iter("object"):
-        name = obj.findtext("name")
-        if name is None:
-            raise DataError(f"malformed VOC XML {xml_path}: <object> without <name>")
+    for k, obj in enumerate(root.iter("object")):
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise DataError(f"malformed VOC XML {xml_path}: object #{k} has no <name> (or an empty one)")
+        what = f"object #{k} ({name!r})"
         bnd = obj.find("bndbox")
         if bnd is None:
-            raise DataError(f"malformed VOC XML {xml_path}: object {name.strip()!r} without <bndbox>")
-        xmin, ymin, xmax, ymax = (_number(bnd, t, xml_path) for t in ("xmin", "ymin", "xmax", "ymax"))
+            raise DataError(f"malformed VOC XML {xml_path}: {what} has no <bndbox>")
+        xmin, ymin, xmax, ymax = (_number(bnd, t, xml_path, what) for t in ("xmin", "ymin", "xmax", "ymax"))
+        if xmax < xmin or ymax < ymin:
+            raise DataError(
+                f"malformed VOC XML {xml_path}: {what} has xmax < xmin or ymax < ymin "
+                f"(xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, ymax={ymax:g})"
+            )
         diff = (obj.findtext("difficult") or "0").strip()
         objects.append({
-            "name": name.strip(),
+            "name": name,
             "box": (xmin - 1.0, ymin - 1.0, xmax, ymax),
             "difficult": diff not in ("0", "", "false", "False"),
         })
@@ -158,7 +180,11 @@ class VOCDetection(_VOCBase):
     (``Annotations/{id}.xml``, ``JPEGImages/{id}.jpg`` or another extension); the XML's ``<filename>`` and
     ``<path>`` are ignored. Boxes follow the module's convention ``(xmin - 1, ymin - 1, xmax, ymax)``.
     ``classes`` (without background) defaults to the 20 VOC classes; ``num_classes == len(classes) + 1``.
-    Objects of other class names are dropped with one warning per dataset. ``keep_difficult=False`` drops
+    Every XML is parsed and validated once, here (:func:`parse_voc_xml`); a malformed one raises
+    :class:`DataError` naming it (with ``skip_corrupt=True`` its sample is skipped instead, see
+    :class:`~ghost_vision.data.io.SkipCorrupt`). Objects of a class outside ``classes`` raise
+    :class:`DataError` naming the class and an XML holding it, unless ``ignore_unknown_classes=True``: then
+    they are dropped, counted in one warning (:attr:`num_unknown_objects`). ``keep_difficult=False`` drops
     difficult objects; with ``True`` they stay, flagged in ``target["difficult"]``. ``target["image_id"]``
     is the index in the dataset (the string id is ``dataset.ids[index]``); ``target["orig_size"]`` is
     ``(H, W)`` before transforms.
@@ -181,25 +207,56 @@ class VOCDetection(_VOCBase):
         keep_difficult: bool = False,
         transforms: Transforms | None = None,
         skip_corrupt: bool = False,
+        ignore_unknown_classes: bool = False,
     ) -> None:
         super().__init__(root, year, image_set, "Main", transforms, skip_corrupt, "VOCDetection")
         self.classes: tuple[str, ...] = tuple(classes) if classes is not None else VOC_CLASSES
         self._label = {name: i + 1 for i, name in enumerate(self.classes)}
         self.keep_difficult = keep_difficult
-        self._warned_unknown = False
+        self.ignore_unknown_classes = ignore_unknown_classes
+        self._parsed: list[tuple[list[dict[str, Any]], tuple[int, int] | None] | None] = []
+        unknown: dict[str, list[Any]] = {}  # class -> [objects, first XML]
+        for index in range(len(self.ids)):
+            try:
+                objects, size = parse_voc_xml(self.xml_path(index))
+            except (DataError, OSError) as e:
+                if not skip_corrupt:
+                    raise
+                self._skip.mark(index, e, self.sample_files(index))
+                self._parsed.append(None)
+                continue
+            for o in objects:
+                if o["name"] not in self._label:
+                    unknown.setdefault(o["name"], [0, self.xml_path(index)])[0] += 1
+            self._parsed.append((objects, size))
+        self.num_unknown_objects = sum(n for n, _ in unknown.values())
+        if unknown:
+            names = sorted(unknown, key=lambda c: -unknown[c][0])
+            desc = few(f"{c!r} ({unknown[c][0]} objects, e.g. in {unknown[c][1]})" for c in names)
+            if not ignore_unknown_classes:
+                raise DataError(
+                    f"VOCDetection: objects of classes not in `classes` {list(self.classes)}: {desc}. Add them to "
+                    "`classes`, or pass ignore_unknown_classes=True to drop such objects"
+                )
+            warnings.warn(
+                f"VOCDetection: dropping {self.num_unknown_objects} objects of classes not in `classes` "
+                f"(ignore_unknown_classes=True): {desc}",
+                stacklevel=2,
+            )
+
+    def xml_path(self, index: int) -> Path:
+        ydir, image_id = self._items[index]
+        return ydir / "Annotations" / f"{image_id}.xml"
+
+    def sample_files(self, index: int) -> tuple[str, ...]:
+        return str(self.xml_path(index)), str(self.image_path(index))
 
     def annotation(self, index: int) -> dict[str, Any]:
-        """The parsed annotation of sample ``index`` (numpy boxes/labels/difficult, XML size), no image I/O."""
-        ydir, image_id = self._items[index]
-        objects, size = parse_voc_xml(ydir / "Annotations" / f"{image_id}.xml")
-        unknown = sorted({o["name"] for o in objects if o["name"] not in self._label})
-        if unknown and not self._warned_unknown:
-            self._warned_unknown = True
-            warnings.warn(
-                f"VOCDetection: dropping objects of classes not in `classes`: {unknown} "
-                f"(first seen in {ydir / 'Annotations' / (image_id + '.xml')}; warned once)",
-                stacklevel=3,
-            )
+        """The parsed annotation of sample ``index`` (numpy boxes/labels/difficult, XML size), no I/O."""
+        parsed = self._parsed[index]
+        if parsed is None:
+            raise DataError(f"VOCDetection: {self.xml_path(index)} is unreadable (skipped, skip_corrupt=True)")
+        objects, size = parsed
         objects = [o for o in objects if o["name"] in self._label and (self.keep_difficult or not o["difficult"])]
         return {
             "boxes": np.asarray([o["box"] for o in objects], dtype=np.float32).reshape(-1, 4),
@@ -209,12 +266,12 @@ class VOCDetection(_VOCBase):
         }
 
     def _load(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ydir, image_id = self._items[index]
         ann = self.annotation(index)
-        image = read_image(find_image(ydir / "JPEGImages", image_id))
+        image = read_image(find_image(self._items[index][0] / "JPEGImages", self.ids[index]))
         h, w = image.shape[:2]
         if ann["size"] is not None and ann["size"] != (w, h):
-            logger.debug("%s: XML size %s differs from the image's (%d, %d); using the image", image_id, ann["size"], w, h)
+            logger.debug("%s: XML size %s differs from the image's (%d, %d); using the image", self.ids[index],
+                         ann["size"], w, h)
         target = {k: ann[k] for k in ("boxes", "labels", "difficult")}
         tensor, t = finalize_detection(image, target, self.transforms, per_box=("labels", "difficult"))
         out = to_tensor_target(t, {"boxes": torch.float32, "labels": torch.int64, "difficult": torch.bool})
@@ -269,10 +326,17 @@ class VOCSegmentation(_VOCBase):
         # a colour in the VOC palette decodes to its position (values above len(classes) fail in read_mask)
         return read_colour_mask(path, voc_colormap()).astype(np.uint8)
 
+    def mask_path(self, index: int) -> Path:
+        ydir, image_id = self._items[index]
+        return ydir / "SegmentationClass" / f"{image_id}.png"
+
+    def sample_files(self, index: int) -> tuple[str, ...]:
+        return str(self.image_path(index)), str(self.mask_path(index))
+
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         ydir, image_id = self._items[index]
         image = read_image(find_image(ydir / "JPEGImages", image_id))
-        mask_path = ydir / "SegmentationClass" / f"{image_id}.png"
+        mask_path = self.mask_path(index)
         mask = self.read_mask(mask_path)
         if mask.shape != image.shape[:2]:
             raise DataError(f"VOC mask {mask_path} is {mask.shape[::-1]} but its image is {image.shape[1::-1]} (W, H)")

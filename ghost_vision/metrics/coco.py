@@ -61,11 +61,9 @@ def _quiet(verbose: bool):
 def _load_coco(ann_file: str | Path | COCO, verbose: bool = False) -> COCO:
     if isinstance(ann_file, COCO):
         return ann_file
-    path = Path(ann_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
-    with _quiet(verbose):
-        return COCO(str(path))
+    from ghost_vision.data.coco import load_coco_json  # validates every record (pycocotools checks nothing)
+
+    return load_coco_json(ann_file, evaluation=True)
 
 
 def _default_label_map(coco: COCO) -> dict[int, int]:

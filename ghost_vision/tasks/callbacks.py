@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ghost_vision.visualize import draw_detections, draw_segmentation, plot_curves, save_image
 
-__all__ = ["TrainingCurves", "DrawPredictions", "output_dir"]
+__all__ = ["TrainingCurves", "DrawPredictions", "SkippedFiles", "output_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ class DrawPredictions(_OutputDirMixin, L.Callback):
         drawn: list[torch.Tensor] = []
         names = task.hparams.get("class_names")
         for batch in loader:
+            if batch is None:  # only skipped samples (skip_corrupt=True)
+                continue
             images = batch[0]
             if isinstance(images, torch.Tensor) and images.ndim == 3:
                 images = images[None]
@@ -129,3 +131,50 @@ class DrawPredictions(_OutputDirMixin, L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "validate":
             self._draw(trainer, pl_module, "validate")
+
+
+class SkippedFiles(L.Callback):
+    """Report the files skipped as unreadable (``skip_corrupt=True``) at the end of every train and
+    validation epoch: one log line with the count and the names, and ``skipped_files`` logged as a metric
+    of validation (so ``tools/eval.py`` writes it into its JSON); :attr:`names` keeps the names per split.
+
+    Under DDP every rank skips what its own samples hold; the record is the union over ranks (a max
+    all-reduce of each dataset's skip flags), so 1 and N processes report the same files. Datasets without
+    ``skip_corrupt`` are left alone.
+    """
+
+    def __init__(self) -> None:
+        self.names: dict[str, list[str]] = {}
+
+    @staticmethod
+    def _dataset(trainer: L.Trainer, split: str) -> Any:
+        ds = getattr(trainer.datamodule, f"{split}_dataset", None) if trainer.datamodule is not None else None
+        while ds is not None and not hasattr(ds, "_skip") and hasattr(ds, "dataset"):  # IndexedDataset, Subset
+            ds = ds.dataset
+        skip = getattr(ds, "_skip", None)
+        return ds if skip is not None and getattr(skip, "flags", None) is not None else None
+
+    def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> list[str] | None:
+        ds = self._dataset(trainer, split)
+        if ds is None:
+            return None
+        flags = ds._skip.flags.to(device=pl_module.device, dtype=torch.int32)
+        flags = trainer.strategy.reduce(flags, reduce_op="max")  # identity on one process
+        index = torch.nonzero(flags).flatten()
+        names = ds.skipped_files(dict(zip(index.tolist(), flags[index].tolist(), strict=True)))
+        self.names[split] = names
+        if names:
+            shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
+            if trainer.is_global_zero:
+                log.warning("%s: %d unreadable file(s) skipped so far (skip_corrupt=True): %s", split, len(names), shown)
+        return names
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report(trainer, pl_module, "train")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        names = self._report(trainer, pl_module, "val")
+        if names is not None:
+            pl_module.log("val/skipped_files", float(len(names)), sync_dist=False)

@@ -93,7 +93,9 @@ class DetectionTask(BaseTask):
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return self.model(images)
 
-    def training_step(self, batch: Sequence[Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: Sequence[Any] | None, batch_idx: int) -> Tensor | None:
+        if batch is None:  # every sample of the batch was skipped as unreadable (skip_corrupt=True)
+            return None
         images, targets = self._split(batch)
         losses = self.model(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
         loss = sum(losses.values())
@@ -125,7 +127,9 @@ class DetectionTask(BaseTask):
             out_t.append(target)
         return out_p, out_t
 
-    def _eval_step(self, batch: Sequence[Any]) -> None:
+    def _eval_step(self, batch: Sequence[Any] | None) -> None:
+        if batch is None:  # only skipped samples (skip_corrupt=True): nothing to score
+            return
         images, targets = self._split(batch)
         preds, targets = self.to_original_size(self.model(images), images, targets)
         self.val_metric.update(preds, targets)

@@ -87,7 +87,9 @@ class SegmentationTask(BaseTask):
             loss = loss + self.hparams.aux_weight * ce(out["aux"])
         return loss
 
-    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: Sequence[Tensor] | None, batch_idx: int) -> Tensor | None:
+        if batch is None:  # every sample of the batch was skipped as unreadable (skip_corrupt=True)
+            return None
         images, masks = batch[0], batch[1]
         loss, parts = self._loss(self.model(images), masks)
         loss = self.check_loss(loss, parts, batch_idx)
@@ -96,7 +98,9 @@ class SegmentationTask(BaseTask):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
         return loss
 
-    def _eval_step(self, batch: Sequence[Tensor], prefix: str) -> None:
+    def _eval_step(self, batch: Sequence[Tensor] | None, prefix: str) -> None:
+        if batch is None:  # only skipped samples (skip_corrupt=True): nothing to score
+            return
         images, masks = batch[0], batch[1]
         ids = batch[2] if len(batch) > 2 else None
         out = self.model(images)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ghost_vision.data import CITYSCAPES_CLASSES, CityscapesSegmentation, label_ids_to_train_ids
+from ghost_vision.data import CITYSCAPES_CLASSES, CityscapesSegmentation, DataError, label_ids_to_train_ids
 from ghost_vision.data.cityscapes import CITYSCAPES_LABELS
 
 labels_mod = pytest.importorskip("cityscapesscripts.helpers.labels")
@@ -59,7 +59,20 @@ def test_cityscapes_errors(tmp_path, caplog):
     assert ds[1][1].unique().tolist() == [13]
     skipping = CityscapesSegmentation(tmp_path, skip_corrupt=True)
     with caplog.at_level(logging.WARNING, logger="ghost_vision.data"):
-        assert skipping[0][1].unique().tolist() == [13]
-    assert skipping.num_skipped == 1 and "skipped 1 corrupt sample" in caplog.records[0].getMessage()
+        assert skipping[0] is None
+        assert skipping[1][1].unique().tolist() == [13]
+    assert skipping.num_skipped == 1 and "skipping sample 0" in caplog.records[0].getMessage()
+    assert skipping.skipped_files() == [str(gt / "x_000000_000019_gtFine_labelIds.png")]
+    # a label of another size, label ids outside the table (a colour or instance PNG by mistake)
+    Image.fromarray(np.full((5, 6), 26, np.uint8)).save(gt / "x_000000_000019_gtFine_labelIds.png")
+    with pytest.raises(DataError, match=r"x_000000_000019_gtFine_labelIds\.png is \(6, 5\) \(W, H\) but its image "
+                       r".*x_000000_000019_leftImg8bit\.png is \(6, 4\)"):
+        ds[0]
+    ids = np.full((4, 6), 26, np.uint8)
+    ids[0, :3] = (34, 200, 34)
+    Image.fromarray(ids).save(gt / "x_000000_000019_gtFine_labelIds.png")
+    with pytest.raises(DataError, match=r"labelIds\.png holds label ids 34, 200 \(2 in all\) outside the label table "
+                       r"\(0\.\.33\)"):
+        ds[0]
     with pytest.raises(FileNotFoundError, match=r"leftImg8bit/val"):
         CityscapesSegmentation(tmp_path, split="val")

@@ -111,7 +111,7 @@ def test_remove_empty(edge_coco):
     assert ds.ids == [11]
 
 
-def test_skip_corrupt_counts_and_logs(edge_coco, caplog):
+def test_skip_corrupt_returns_none_counts_and_logs(edge_coco, caplog):
     img_dir, ann = edge_coco
     (img_dir / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with warnings.catch_warnings():
@@ -121,15 +121,16 @@ def test_skip_corrupt_counts_and_logs(edge_coco, caplog):
     with pytest.raises(DataError, match="b.png"):
         strict[0]
     with caplog.at_level(logging.WARNING, logger="ghost_vision.data"):
-        _, t = ds[0]  # b.png is corrupt -> the next sample (a.png, id 11)
-        assert int(t["image_id"]) == 11
-        _, t = ds[2]  # missing.png -> wraps around past b.png to a.png
-        assert int(t["image_id"]) == 11
+        assert ds[0] is None  # b.png is corrupt: no other sample in its place
+        assert int(ds[1][1]["image_id"]) == 11
+        assert ds[2] is None  # missing.png
+        assert ds[0] is None and ds[2] is None  # known: not read (nor logged) again
     assert ds.num_skipped == 2
+    assert ds.skipped_files() == [str(img_dir / "b.png"), str(img_dir / "missing.png")]
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2
-    assert "skipped 1 corrupt sample" in messages[0] and "b.png" in messages[0]
-    assert "skipped 2 corrupt sample" in messages[1] and "missing.png" in messages[1]
+    assert "skipping sample 0" in messages[0] and "b.png" in messages[0]
+    assert "skipping sample 2" in messages[1] and "missing.png" in messages[1]
 
 
 @pytest.mark.parametrize(
@@ -138,7 +139,7 @@ def test_skip_corrupt_counts_and_logs(edge_coco, caplog):
         ('{"images": [], "categories": [', "malformed JSON.*ann.json.*line 1"),
         ('{"images": []}', "ann.json.*'categories'"),
         ("[1, 2]", "ann.json.*top level"),
-        ('{"images": [{"file_name": "x.png"}], "categories": []}', "ann.json.*image entry without 'id'"),
+        ('{"images": [{"file_name": "x.png"}], "categories": []}', r"ann.json: images without 'id': images\[0\] \(1 in all\)"),
     ],
 )
 def test_malformed_json(tmp_path, content, match):

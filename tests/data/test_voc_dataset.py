@@ -92,23 +92,27 @@ def test_voc_edge_cases(tmp_path):
         ("dog", (1, 1, 40, 30), 0),  # whole image -> (0, 0, 40, 30)
         ("cat", (5, 6, 5, 20), 0),  # one pixel column: 1 px wide, kept
         ("cat", (7, 2, 7.4, 9), 0),  # (6, 1, 7.4, 9): 1.4 px, kept
-        ("cat", (10, 2, 9.5, 9), 0),  # (9, 1, 9.5, 9): sub-pixel, dropped
+        ("cat", (50, 2, 60, 9), 0),  # outside the image: clipped to nothing, dropped
         ("cat", (35, 25, 60, 60), 1),  # difficult, crosses the border -> clipped (34, 24, 40, 30)
     ], size=(0, 0), filename="zzz.jpg"))
     (ydir / "Annotations/b.xml").write_text(_xml([("dog", (2, 2, 4, 4), 0), ("unicorn", (1, 1, 5, 5), 0)]))
     (ydir / "Annotations/c.xml").write_text(_xml([("unicorn", (1, 1, 5, 5), 0)]))
-    ds = VOCDetection(tmp_path, classes=("cat", "dog"), keep_difficult=True)
+    with pytest.raises(DataError, match=r"classes not in `classes` \['cat', 'dog'\]: 'unicorn' \(2 objects, e\.g\. "
+                       r"in .*VOC2007/Annotations/b\.xml\).*ignore_unknown_classes=True"):
+        VOCDetection(tmp_path, classes=("cat", "dog"))
+    with pytest.warns(UserWarning, match=r"dropping 2 objects of classes not in `classes`.*'unicorn'") as rec:
+        ds = VOCDetection(tmp_path, classes=("cat", "dog"), keep_difficult=True, ignore_unknown_classes=True)
+    assert len(rec) == 1 and ds.num_unknown_objects == 2
     image, t = ds[0]
     assert image.shape == (3, 30, 40) and torch.equal(image[0], image[1]) and abs(float(image[0, 0, 0]) - 100 / 255) < 1e-6
     assert t["boxes"].tolist() == [[0, 0, 40, 30], [4, 5, 5, 20], [6, 1, 7.400000095367432, 9], [34, 24, 40, 30]]
     assert t["labels"].tolist() == [2, 1, 1, 1]
     assert t["difficult"].tolist() == [False, False, False, True]
-    _, t = VOCDetection(tmp_path, classes=("cat", "dog"))[0]
+    with pytest.warns(UserWarning, match="unicorn"):
+        _, t = VOCDetection(tmp_path, classes=("cat", "dog"), ignore_unknown_classes=True)[0]
     assert t["difficult"].tolist() == [False, False, False]
-    with pytest.warns(UserWarning, match="unicorn") as rec:
-        image, t = ds[1]
-        ds[2]
-    assert len(rec) == 1
+    image, t = ds[1]
+    assert ds[2][1]["boxes"].shape == (0, 4)
     assert image[:, 0, 0].mul(255).round().tolist() == [1, 2, 3]
     assert t["boxes"].tolist() == [[1, 1, 4, 4]]
 
@@ -119,28 +123,41 @@ def test_voc_errors_name_the_file(tmp_path, caplog):
     (ydir / "Annotations/noimg.xml").write_text(_xml([]))
     (ydir / "Annotations/good.xml").write_text(_xml([("cat", (1, 1, 3, 3), 0)]))
     (ydir / "Annotations/corrupt.xml").write_text(_xml([]))
+    (ydir / "Annotations/noxml.xml").write_text(_xml([]))
     Image.new("RGB", (40, 30)).save(ydir / "JPEGImages/good.jpg")
     Image.new("RGB", (40, 30)).save(ydir / "JPEGImages/noxml.jpg")
     Image.new("RGB", (64, 64)).save(ydir / "JPEGImages/corrupt.jpg")
     data = (ydir / "JPEGImages/corrupt.jpg").read_bytes()
     (ydir / "JPEGImages/corrupt.jpg").write_bytes(data[: len(data) // 2])
-    ds = VOCDetection(tmp_path, classes=("cat",))
+    # every XML is validated when the dataset is built
     with pytest.raises(DataError, match=r"malformed VOC XML .*bad\.xml: mismatched tag"):
-        ds[0]
+        VOCDetection(tmp_path, classes=("cat",))
+    (ydir / "Annotations/bad.xml").write_text(_xml([("cat", (1, "x", 3, 3), 0)]))
+    with pytest.raises(DataError, match=r"bad\.xml: object #0 \('cat'\): <ymin> is not a number: 'x'"):
+        VOCDetection(tmp_path, classes=("cat",))
+    (ydir / "Annotations/bad.xml").write_text(_xml([("cat", (1, 1, 3, 3), 0)]))
+    (ydir / "Annotations/noxml.xml").unlink()
+    with pytest.raises(FileNotFoundError, match=r"Annotations/noxml\.xml"):
+        VOCDetection(tmp_path, classes=("cat",))
+    (ydir / "Annotations/noxml.xml").write_text(_xml([]))
+    ds = VOCDetection(tmp_path, classes=("cat",))
     with pytest.raises(FileNotFoundError, match=r"JPEGImages/noimg\.jpg"):
         ds[1]
     with pytest.raises(DataError, match=r"corrupt\.jpg"):
         ds[3]
-    with pytest.raises(FileNotFoundError, match=r"Annotations/noxml\.xml"):
-        ds[4]
-    (ydir / "Annotations/bad.xml").write_text(_xml([("cat", (1, "x", 3, 3), 0)]))
-    with pytest.raises(DataError, match=r"bad\.xml: <ymin> is not a number"):
-        ds[0]
-    skipping = VOCDetection(tmp_path, classes=("cat",), skip_corrupt=True)
+    # skip_corrupt: None for each unreadable sample (never another one), each named once in the log
+    (ydir / "Annotations/bad.xml").write_text("<annotation><object>")
+    (ydir / "Annotations/noxml.xml").unlink()
     with caplog.at_level(logging.WARNING, logger="ghost_vision.data"):
-        assert [skipping.ids[int(skipping[i][1]["image_id"])] for i in range(5)] == ["good"] * 5
+        skipping = VOCDetection(tmp_path, classes=("cat",), skip_corrupt=True)
+        samples = [skipping[i] for i in range(5)] + [skipping[i] for i in range(5)]
+    assert [s is None for s in samples] == [True, True, False, True, True] * 2
+    assert int(samples[2][1]["image_id"]) == 2
     assert skipping.num_skipped == 4
-    assert "skipped 4 corrupt sample(s)" in caplog.records[-1].getMessage()
+    assert skipping.skipped_files() == [str(ydir / "Annotations/bad.xml"), str(ydir / "JPEGImages/noimg.jpg"),
+                                        str(ydir / "JPEGImages/corrupt.jpg"), str(ydir / "Annotations/noxml.xml")]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 4 and all("skipping sample" in m for m in messages)
 
 
 def test_years_list_and_missing_paths(tmp_path):
