@@ -19,8 +19,9 @@ FORBIDDEN = {
 }
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
-    """``(line, absolute module)`` of every ghost_vision import in ``path``, outside ``__getattr__``."""
+def _imports(path: Path, *, names: bool = False) -> list[tuple[int, str]]:
+    """``(line, absolute module)`` of every ghost_vision import in ``path``, outside ``__getattr__``
+    (``names=True``: ``module.name`` for each name of a ``from module import name``)."""
     tree = ast.parse(path.read_text(), str(path))
     package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     if path.name != "__init__.py":
@@ -39,7 +40,10 @@ def _imports(path: Path) -> list[tuple[int, str]]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
-            found.append((node.lineno, module))
+            if names:
+                found += [(node.lineno, f"{module}.{a.name}") for a in node.names]
+            else:
+                found.append((node.lineno, module))
     return [(line, m) for line, m in found if m == "ghost_vision" or m.startswith("ghost_vision.")]
 
 
@@ -55,6 +59,14 @@ def test_imports_go_one_way():
     assert not wrong, "\n".join(wrong)
 
 
+def test_deploy_uses_only_public_model_names():
+    private = [f"{path.relative_to(PACKAGE.parent)}:{line} imports {name}"
+               for path in sorted((PACKAGE / "deploy").rglob("*.py"))
+               for line, name in _imports(path, names=True)
+               if name.startswith("ghost_vision.models") and any(p.startswith("_") for p in name.split("."))]
+    assert not private, "\n".join(private)
+
+
 def test_the_check_resolves_relative_imports_and_sees_function_bodies():
     def modules(*parts: str) -> set[str]:
         return {m for _, m in _imports(PACKAGE.joinpath(*parts))}
@@ -63,5 +75,7 @@ def test_the_check_resolves_relative_imports_and_sees_function_bodies():
     assert "ghost_vision.models.factory" in modules("models", "detection", "fpn.py")  # from ..factory import
     assert "ghost_vision.models" in modules("deploy", "bench.py")  # inside build()
     assert "ghost_vision.tasks.base" in modules("tasks", "detection.py")
+    assert "ghost_vision.models.ghostnet.GhostNet" in {m for _, m in _imports(PACKAGE / "deploy" / "fuse.py",
+                                                                                 names=True)}
     # the deprecated SSDHeadOutputs alias (a module __getattr__) is the one exception
     assert "ghost_vision.deploy.export" not in modules("models", "detection", "__init__.py")
