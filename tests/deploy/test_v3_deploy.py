@@ -102,3 +102,25 @@ def test_onnx_ready_ssdlite_v3_matches_training_form() -> None:
     assert len(ref) == len(got) == 6
     for a, b in zip(ref, got):
         _close(a, b)
+
+
+@pytest.mark.slow
+def test_benchmark_v3_rows(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "benchmark.py"), "--quick", "--pairs", "--v3", "--skip", "data",
+         "--rounds", "2", "--threads", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    v3 = json.loads((tmp_path / "benchmark.json").read_text())["v3"]
+    assert set(v3["costs"]) == {"ghostnetv3_050", "ghostnetv3_100", "ghostnetv3_130", "ghostnetv3_160"}
+    c = v3["costs"]["ghostnetv3_100"]
+    assert c["deploy_params_m"] == pytest.approx(6.15, abs=0.005) and c["train_params_m"] > 8
+    assert c["deploy_macs_g"] == pytest.approx(0.167, abs=0.001) and c["train_macs_g"] > 2 * c["deploy_macs_g"]
+    assert set(v3["batch1"]["median_ms"]) == {"v3_fast", "v2_fast", "v1_fast", "peer_frozen", "v3_train_form_eager"}
+    assert v3["train"]["v3"]["step_s"] > 0 and v3["train"]["time_ratio"] > 0
+    assert "| ghostnetv3_160 |" in (tmp_path / "benchmark.md").read_text()
