@@ -124,3 +124,21 @@ def test_benchmark_v3_rows(tmp_path: Path) -> None:
     assert set(v3["batch1"]["median_ms"]) == {"v3_fast", "v2_fast", "v1_fast", "peer_frozen", "v3_train_form_eager"}
     assert v3["train"]["v3"]["step_s"] > 0 and v3["train"]["time_ratio"] > 0
     assert "| ghostnetv3_160 |" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_export_functions_fuse_a_training_form_model(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from ghost_vision.deploy.export import export_onnx, export_torchscript
+
+    model = _randomize_bn(create_ghostnet("ghostnetv3_050", num_classes=3))
+    x = torch.rand(1, 3, 64, 64)
+    rep = export_onnx(model, x, tmp_path / "v3.onnx", dynamic_size=False)
+    assert rep["max_abs_diff"] < 1e-4 and _has_v3(model)
+    convs = sum(node.op_type == "Conv" for node in onnx.load(str(tmp_path / "v3.onnx")).graph.node)
+    assert convs < sum(isinstance(m, nn.Conv2d) for m in model.modules()) / 2
+    rep = export_torchscript(model, x, tmp_path / "v3.pt")
+    loaded = torch.jit.load(str(tmp_path / "v3.pt"))
+    assert not any("GhostBottleneckV3" in m.original_name for m in loaded.modules())
+    with torch.inference_mode():
+        _close(model(x), loaded(x))
