@@ -172,17 +172,18 @@ def _v3(args: argparse.Namespace) -> dict[str, Any]:
     """GhostNetV3: costs of both forms, fused latency vs v1 and the peer, training step vs v1."""
     out: dict[str, Any] = {"costs": v3_costs()}
     spec = ("ghost_vision.models", "create_ghostnet")
-    nets = {k: build((*spec, dict(name=n, features_only=True))) for k, n in (("v3", "ghostnetv3_100"),
-                                                                            ("v1", "ghostnet_100"))}
+    nets = {k: build((*spec, dict(name=n, features_only=True)))
+            for k, n in (("v3", "ghostnetv3_100"), ("v2", "ghostnetv2_100"), ("v1", "ghostnet_100"))}
     peer, _ = freeze_network(build(PAIRS["backbone"]["peer"]).to(memory_format=CL))
     x = PAIRS["backbone"]["input"](1)
-    models = {"v3_fast": optimize(nets["v3"]), "v1_fast": optimize(nets["v1"]), "peer_frozen": peer,
-              "v3_train_form_eager": nets["v3"]}
+    models = {"v3_fast": optimize(nets["v3"]), "v2_fast": optimize(nets["v2"]), "v1_fast": optimize(nets["v1"]),
+              "peer_frozen": peer, "v3_train_form_eager": nets["v3"]}
     with tqdm(total=args.rounds, desc="v3 batch 1", leave=False) as bar:
         times = interleaved({k: (lambda m=m: m(x)) for k, m in models.items()}, args.rounds, warmup=1, progress=bar)
     out["batch1"] = {"size": PAIRS["backbone"]["size"], "rounds": args.rounds,
                      "median_ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
                      "ratios": {"v3_fast_vs_v1_fast": ratio_summary(times, "v3_fast", "v1_fast"),
+                                "v3_fast_vs_v2_fast": ratio_summary(times, "v3_fast", "v2_fast"),
                                 "v3_fast_vs_peer_frozen": ratio_summary(times, "v3_fast", "peer_frozen")}}
     if "train" not in args.skip:
         t: dict[str, Any] = {k: train_step_subprocess("v3", k, args.train_batch, args.threads) for k in V3_TRAIN}
@@ -203,7 +204,8 @@ def _md_v3(v: dict[str, Any]) -> list[str]:
     b1 = v["batch1"]
     lines += ["", f"- v3 backbone batch 1 ({b1['size']}) median ms: " + ", ".join(
         f"{k} {ms:.1f}" for k, ms in b1["median_ms"].items()) + "; fused v3/v1 "
-        f"{b1['ratios']['v3_fast_vs_v1_fast']['median_of_round_ratios']:.2f}×, fused v3/peer frozen "
+        f"{b1['ratios']['v3_fast_vs_v1_fast']['median_of_round_ratios']:.2f}×, fused v3/v2 "
+        f"{b1['ratios']['v3_fast_vs_v2_fast']['median_of_round_ratios']:.2f}×, fused v3/peer frozen "
         f"{b1['ratios']['v3_fast_vs_peer_frozen']['median_of_round_ratios']:.2f}×"]
     if "train" in v:
         t = v["train"]

@@ -58,6 +58,8 @@ def optimize(
     """The fast CPU inference path for any model built from Ghost blocks (classifier, feature backbone,
     detectors, segmentation models): same outputs within 1e-4, about twice as fast as the plain model.
 
+    * fuses GhostNetV3's training branches (:func:`~ghost_vision.models.reparameterize`, on the copy), after
+      which a v3 block is a v2 block and everything below applies to it;
     * folds every BatchNorm that follows a convolution (Ghost modules, bottlenecks, stem, torchvision
       heads' ``Conv2dNormActivation``, ``FrozenBatchNorm2d`` too) - eval mode only;
     * replaces Ghost modules and bottlenecks (wherever they are nested) by concat-free versions: the

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Sequence
@@ -126,6 +127,17 @@ def exportable(model: nn.Module) -> tuple[nn.Module, bool]:
     return TupleOutputs(model).eval(), True
 
 
+def _inference_form(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode; with GhostNetV3 training branches inside, a re-parameterized copy (the fused
+    form is what gets exported; the caller's model is left as it is)."""
+    from ..models.layers_v3 import GhostBottleneckV3, GhostModuleV3, reparameterize
+
+    model = model.eval()
+    if any(isinstance(m, (GhostBottleneckV3, GhostModuleV3)) for m in model.modules()):
+        model = reparameterize(copy.deepcopy(model))
+    return model
+
+
 def ort_session(path: str | os.PathLike, threads: int | None = None):
     """An onnxruntime CPU session with all graph optimisations and ``threads`` intra-op threads."""
     import onnxruntime as ort
@@ -166,7 +178,7 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export ``exportable(model)`` to ONNX and check it in onnxruntime against the eager model.
 
-    The check runs the example and, when the axes are dynamic, a batch of 2 and a 32-px larger input;
+    GhostNetV3 training branches are fused first (on a copy). The check runs the example and, when the axes are dynamic, a batch of 2 and a 32-px larger input;
     outputs must agree within ``atol`` (relative to each output's magnitude when it exceeds 1). The
     legacy TorchScript-based exporter (``dynamo=False``) is used where this torch has it.
 
@@ -174,7 +186,7 @@ def export_onnx(
         a report: ``path``, ``outputs`` (names), ``dynamic_batch``, ``dynamic_size``, ``max_abs_diff``,
         ``checked_shapes``.
     """
-    model = model.eval()
+    model = _inference_form(model)
     net, size_ok = exportable(model)
     dynamic_size = size_ok if dynamic_size is None else (dynamic_size and size_ok)
     with torch.inference_mode():
@@ -232,7 +244,7 @@ def export_torchscript(
     Returns:
         a report: ``path``, ``method`` (``"script"`` or ``"trace"``), ``max_abs_diff``, ``script_error``.
     """
-    model = model.eval()
+    model = _inference_form(model)
     report: dict[str, Any] = dict(path=str(path), method=None, max_abs_diff=None, script_error=None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -102,3 +102,43 @@ def test_onnx_ready_ssdlite_v3_matches_training_form() -> None:
     assert len(ref) == len(got) == 6
     for a, b in zip(ref, got):
         _close(a, b)
+
+
+@pytest.mark.slow
+def test_benchmark_v3_rows(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "benchmark.py"), "--quick", "--pairs", "--v3", "--skip", "data",
+         "--rounds", "2", "--threads", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    v3 = json.loads((tmp_path / "benchmark.json").read_text())["v3"]
+    assert set(v3["costs"]) == {"ghostnetv3_050", "ghostnetv3_100", "ghostnetv3_130", "ghostnetv3_160"}
+    c = v3["costs"]["ghostnetv3_100"]
+    assert c["deploy_params_m"] == pytest.approx(6.15, abs=0.005) and c["train_params_m"] > 8
+    assert c["deploy_macs_g"] == pytest.approx(0.167, abs=0.001) and c["train_macs_g"] > 2 * c["deploy_macs_g"]
+    assert set(v3["batch1"]["median_ms"]) == {"v3_fast", "v2_fast", "v1_fast", "peer_frozen", "v3_train_form_eager"}
+    assert v3["train"]["v3"]["step_s"] > 0 and v3["train"]["time_ratio"] > 0
+    assert "| ghostnetv3_160 |" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_export_functions_fuse_a_training_form_model(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from ghost_vision.deploy.export import export_onnx, export_torchscript
+
+    model = _randomize_bn(create_ghostnet("ghostnetv3_050", num_classes=3))
+    x = torch.rand(1, 3, 64, 64)
+    rep = export_onnx(model, x, tmp_path / "v3.onnx", dynamic_size=False)
+    assert rep["max_abs_diff"] < 1e-4 and _has_v3(model)
+    convs = sum(node.op_type == "Conv" for node in onnx.load(str(tmp_path / "v3.onnx")).graph.node)
+    assert convs < sum(isinstance(m, nn.Conv2d) for m in model.modules()) / 2
+    rep = export_torchscript(model, x, tmp_path / "v3.pt")
+    loaded = torch.jit.load(str(tmp_path / "v3.pt"))
+    assert not any("GhostBottleneckV3" in m.original_name for m in loaded.modules())
+    with torch.inference_mode():
+        _close(model(x), loaded(x))

@@ -225,3 +225,22 @@ def test_frozen_batchnorm_branches_fuse() -> None:
         expected = holder(x)
         reparameterize(holder)
         torch.testing.assert_close(holder(x), expected, rtol=0, atol=1e-5)
+
+
+def test_every_head_accepts_a_v3_backbone() -> None:
+    """Detectors and segmenters resolve ``backbone="ghostnetv3_*"`` through VARIANTS, dilation included."""
+    det = pytest.importorskip("ghost_vision.models.detection")
+    from ghost_vision.models.segmentation import deeplabv3_ghostnet, lraspp_ghostnet
+
+    x = torch.rand(1, 3, 64, 64)
+    fpn = det.ghostnet_fpn_backbone("ghostnetv3_050", trainable_layers=6).eval()
+    with torch.no_grad():
+        assert [(k, tuple(v.shape)) for k, v in fpn(x).items()] == [
+            ("0", (1, 256, 8, 8)), ("1", (1, 256, 4, 4)), ("2", (1, 256, 2, 2)), ("pool", (1, 256, 1, 1))]
+        for builder in (deeplabv3_ghostnet, lraspp_ghostnet):
+            model = builder(num_classes=3, backbone="ghostnetv3_050").eval()
+            assert any(isinstance(m, GhostBottleneckV3) for m in model.modules())
+            assert model(x)["out"].shape == (1, 3, 64, 64)
+        frcnn = det.fasterrcnn_ghostnet_fpn(num_classes=3, backbone="ghostnetv3_050", min_size=64, max_size=64)
+        assert set(frcnn.eval()([torch.rand(3, 64, 64)])[0]) == {"boxes", "labels", "scores"}
+    assert any(isinstance(m, GhostBottleneckV3) for m in frcnn.backbone.body.modules())

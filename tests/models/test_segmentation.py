@@ -229,7 +229,7 @@ def test_docstring_examples() -> None:
 
 
 @pytest.mark.slow
-def test_deeplab_ghostnetv3_overfits_one_batch() -> None:
+def test_deeplab_ghostnetv3_overfits_one_batch(one_torch_thread) -> None:
     """DeepLab on the multi-branch GhostNetV3 trains as is: the loss falls by >= 80 % within 100 Adam steps."""
     x, y = _synthetic_batch()
     torch.manual_seed(0)
