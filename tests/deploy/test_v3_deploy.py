@@ -48,7 +48,7 @@ def _has_v3(model: nn.Module) -> bool:
 
 @pytest.mark.parametrize(
     ("kwargs", "x"),
-    [(dict(num_classes=10), torch.rand(2, 3, 64, 80)),
+    [pytest.param(dict(num_classes=10), torch.rand(2, 3, 64, 80), marks=pytest.mark.slow),
      (dict(features_only=True, output_stride=16, frozen_stages=2), torch.rand(1, 3, 65, 97))],
 )
 def test_optimize_reparameterizes_then_fuses(kwargs: dict, x: torch.Tensor) -> None:
@@ -69,6 +69,7 @@ def test_optimize_reparameterizes_then_fuses(kwargs: dict, x: torch.Tensor) -> N
     assert any(isinstance(m, FastGhostBottleneck) for m in eager.modules())  # the v1/v2 fast path applies
 
 
+@pytest.mark.slow
 def test_export_tool_writes_the_fused_form(tmp_path: Path) -> None:
     """tools/export.py on a training-form checkpoint: the ONNX graph is the fused one and matches the
     training form in onnxruntime."""
