@@ -13,8 +13,9 @@ from .resumable import ResumableDataLoader
 
 __all__ = ["IndexedDataset", "build_preset", "detection_collate", "missing_data_error"]
 
-DET_SHAPES_CONFIG = "configs/ssdlite_ghost_shapes.yaml"
-SEG_SHAPES_CONFIG = "configs/deeplabv3_ghost_shapes.yaml"
+# packaged recipes (ghost_vision/configs), named in the missing-data messages
+DET_SHAPES_CONFIG = "ssdlite_ghost_shapes"
+SEG_SHAPES_CONFIG = "deeplabv3_ghost_shapes"
 
 
 def detection_collate(batch: Sequence[tuple[Any, Any]]) -> tuple[tuple[Any, ...], ...]:
@@ -48,7 +49,8 @@ class IndexedDataset(Dataset):
 def missing_data_error(what: str, expected: Path, how: str, synthetic_config: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"{what} not found: expected {expected}. {how} "
-        f"To try the pipeline without downloading anything, use the synthetic config {synthetic_config}."
+        f"To try the pipeline without downloading anything, train the synthetic recipe: "
+        f"ghost-vision train {synthetic_config}"
     )
 
 
