@@ -38,12 +38,15 @@ def run(fn: Callable[..., Any], argv: Sequence[str] | None = None, **kwargs: Any
     """Call a command; missing data, a missing file or a missing optional package ends the process with
     the message (which says what to do) instead of a traceback."""
     from ghost_vision._optional import MissingExtraError
-    from ghost_vision.data.io import DataError
 
     try:
         return fn(argv, **kwargs)
-    except (FileNotFoundError, DataError, MissingExtraError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    except Exception as exc:
+        # DataError only exists once the data package is imported (`ghost-vision configs` never imports torch)
+        io = sys.modules.get("ghost_vision.data.io")
+        if isinstance(exc, (FileNotFoundError, MissingExtraError, *((io.DataError,) if io else ()))):
+            raise SystemExit(f"error: {exc}") from None
+        raise
 
 
 def _usage() -> str:
