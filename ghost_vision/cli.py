@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from ghost_vision.recipes import RECIPES_DIR, recipe_path
 from ghost_vision.tasks.callbacks import DrawPredictions, TrainingCurves, output_dir
 
 __all__ = ["GhostCLI", "train", "evaluate", "format_metrics", "config_args"]
+
+# train()/evaluate() hand LightningCLI the arguments explicitly (the recipe name resolved) while sys.argv keeps
+# the command line as typed, for Lightning's DDP launcher; Lightning would warn about having both.
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
 
 
 class GhostCLI(LightningCLI):
