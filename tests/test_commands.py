@@ -95,7 +95,7 @@ def test_metadata_no_upper_bounds_tested_lower_bounds_and_extras():
 
 def test_missing_optional_package_names_the_extra(monkeypatch, tmp_path):
     from ghost_vision.commands import export as export_cmd
-    from ghost_vision.deploy.export import export_onnx, ort_session
+    from ghost_vision.deploy.export import export_onnx, export_torchscript, ort_session
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what `import onnxruntime` sees when absent
     with pytest.raises(MissingExtraError, match=re.escape(EXTRA_HINT)) as err:
@@ -110,10 +110,9 @@ def test_missing_optional_package_names_the_extra(monkeypatch, tmp_path):
     with pytest.raises(MissingExtraError, match=re.escape("pip install 'ghost-vision[dev]'")):
         require("surely_not_installed_pkg", extra="dev", purpose="this check")
     # TorchScript export needs no extra
-    report = export_cmd.main(["ghostnet_050", "--size", "64", "64", "--num-classes", "4", "--formats", "torchscript",
-                              "--out", str(tmp_path / "ts")])
-    assert "onnx" not in report and report["torchscript"]["max_abs_diff"] < 1e-4
-    assert (tmp_path / "ts" / "ghostnet_050.pt").is_file()
+    conv = torch.nn.Conv2d(3, 4, 1).eval()
+    report = export_torchscript(conv, torch.rand(1, 3, 8, 8), tmp_path / "c.pt")
+    assert report["method"] == "script" and report["max_abs_diff"] < 1e-6
 
 
 def test_predict_and_draw_segmentation_images_of_different_sizes(one_torch_thread):
