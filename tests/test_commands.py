@@ -130,3 +130,4 @@ def test_predict_and_draw_segmentation_images_of_different_sizes(one_torch_threa
     assert all(torch.equal(d, e) for d, e in zip(drawn, expected))
     same = predict_and_draw(task, [images[0], images[0]])  # one batched forward for equal sizes
     assert torch.equal(same[0], expected[0]) and torch.equal(same[1], expected[0])
+    assert predict_and_draw(task, []) == []

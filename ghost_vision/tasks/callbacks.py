@@ -41,6 +41,8 @@ def predict_and_draw(
 
     model = task.model if model is None else model
     images = [img.to(task.device) for img in images]
+    if not images:
+        return []
     if isinstance(task, DetectionTask):
         preds = model(images)
         names = task.hparams.get("class_names")
