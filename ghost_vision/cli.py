@@ -1,14 +1,17 @@
-"""Command line: LightningCLI with the DataModule -> model links and the recipes' defaults.
+"""Training and evaluation: LightningCLI with the DataModule -> model links and the recipes' defaults.
 
-``tools/train.py`` (fit, then validate the best checkpoint) and ``tools/eval.py`` are thin wrappers around
-:func:`train` and :func:`evaluate`. Every ``--trainer.*``, ``--model.*``, ``--data.*`` override of
-LightningCLI works, and config errors get jsonargparse's messages.
+``ghost-vision train`` / ``ghost-vision eval`` (and ``tools/train.py`` / ``tools/eval.py``) call :func:`train`
+and :func:`evaluate`. The first argument is a recipe: a packaged one by name (``ssdlite_ghost_shapes``, see
+``ghost-vision configs``) or the path of a YAML file. Every ``--trainer.*``, ``--model.*``, ``--data.*``
+override of LightningCLI works, and config errors get jsonargparse's messages.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +21,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from ghost_vision.recipes import RECIPES_DIR, recipe_path
 from ghost_vision.tasks import load_task  # also importable from here (its historical place)
 from ghost_vision.tasks.callbacks import DrawPredictions, SkippedFiles, TrainingCurves, output_dir
 from ghost_vision.tasks.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint
 
-__all__ = ["GhostCLI", "train", "evaluate", "format_metrics", "load_task"]
+__all__ = ["GhostCLI", "train", "evaluate", "format_metrics", "config_args", "load_task"]
+
+# train()/evaluate() hand LightningCLI the arguments explicitly (the recipe name resolved) while sys.argv keeps
+# the command line as typed, for Lightning's DDP launcher; Lightning would warn about having both.
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
 
 
 class GhostCLI(LightningCLI):
@@ -39,10 +47,41 @@ class GhostCLI(LightningCLI):
                             help="write the final metrics as flat JSON to this file")
 
 
-def _make_cli(args: Sequence[str] | None) -> GhostCLI:
-    """``args=None`` parses ``sys.argv`` (the tools rewrite it so that a bare CONFIG becomes ``--config``)."""
+def config_args(args: Sequence[str]) -> list[str]:
+    """LightningCLI arguments from ``[CONFIG, overrides...]``: a leading bare CONFIG becomes ``--config``, and
+    a recipe name (here or after ``--config``) becomes the packaged recipe's path.
+
+    ``sys.argv`` itself is left as it is: under DDP Lightning re-launches the same command line for the
+    other ranks (``python -m ghost_vision train NAME ...`` or ``ghost-vision train NAME ...``), and each rank
+    resolves it again in the same way.
+
+    Example:
+        >>> config_args(["ssdlite_ghost_shapes", "--trainer.max_epochs", "3"])[:2] == [
+        ...     "--config", str(RECIPES_DIR / "ssdlite_ghost_shapes.yaml")]
+        True
+    """
+    def named(value: str) -> str:
+        packaged = RECIPES_DIR / f"{value}.yaml"
+        return str(packaged) if not Path(value).is_file() and packaged.is_file() else value
+
+    args = list(args)
+    if args and not args[0].startswith("-"):
+        args = ["--config", str(recipe_path(args[0])), *args[1:]]
+    for i, arg in enumerate(args):
+        if i and args[i - 1] == "--config":
+            args[i] = named(arg)
+        elif arg.startswith("--config="):
+            args[i] = "--config=" + named(arg.removeprefix("--config="))
+    return args
+
+
+def _make_cli(args: Sequence[str] | None, prog: str | None) -> GhostCLI:
+    """``args=None`` parses ``sys.argv[1:]``."""
+    parser_kwargs: dict[str, Any] = {"description": __doc__}
+    if prog:
+        parser_kwargs["prog"] = prog
     return GhostCLI(
-        args=None if args is None else list(args),
+        args=config_args(sys.argv[1:] if args is None else args),
         run=False,
         auto_configure_optimizers=False,  # the tasks own optimizer/scheduler set-up (no decay on norms, warm-up)
         subclass_mode_model=True,
@@ -51,7 +90,7 @@ def _make_cli(args: Sequence[str] | None) -> GhostCLI:
         trainer_defaults={"callbacks": [TrainingCurves(), DrawPredictions(), SkippedFiles()],
                           "plugins": [AtomicCheckpointIO()]},
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": __doc__},
+        parser_kwargs=parser_kwargs,
     )
 
 
@@ -116,9 +155,16 @@ def _finish(trainer: Any) -> None:
         torch.distributed.destroy_process_group()
 
 
-def train(args: Sequence[str] | None = None) -> dict[str, float]:
-    """Fit, then validate the best checkpoint (``last`` when no metric is monitored); returns metrics."""
-    cli = _make_cli(args)
+def train(args: Sequence[str] | None = None, *, prog: str | None = None) -> dict[str, float]:
+    """Fit, then validate the best checkpoint (``last`` when no metric is monitored); returns metrics.
+
+    ``args``: ``[CONFIG, overrides...]`` as on the command line (``None``: ``sys.argv[1:]``).
+
+    Example:
+        >>> train(["ssdlite_ghost_shapes", "--trainer.max_epochs", "1"])  # doctest: +SKIP
+        {'map': ..., 'map_50': ..., ...}
+    """
+    cli = _make_cli(args, prog)
     trainer, task, dm = cli.trainer, cli.model, cli.datamodule
     trainer.fit(task, datamodule=dm, ckpt_path=_checked_ckpt_path(cli))
     ckpt = trainer.checkpoint_callback
@@ -133,12 +179,15 @@ def train(args: Sequence[str] | None = None) -> dict[str, float]:
     return metrics
 
 
-def evaluate(args: Sequence[str] | None = None) -> dict[str, float]:
-    """Validate ``--ckpt_path`` on the config's validation split; print and write the metrics."""
-    cli = _make_cli(args)
+def evaluate(args: Sequence[str] | None = None, *, prog: str | None = None) -> dict[str, float]:
+    """Validate ``--ckpt_path`` on the config's validation split; print and write the metrics.
+
+    ``args``: ``[CONFIG, --ckpt_path PATH, overrides...]`` as on the command line (``None``: ``sys.argv[1:]``).
+    """
+    cli = _make_cli(args, prog)
     ckpt_path = cli.config.get("ckpt_path")
     if not ckpt_path or ckpt_path == "last":
-        raise SystemExit("tools/eval.py needs --ckpt_path PATH/TO/CHECKPOINT.ckpt")
+        raise SystemExit("eval needs --ckpt_path PATH/TO/CHECKPOINT.ckpt")
     _checked_ckpt_path(cli)
     results = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics = _flat(results)

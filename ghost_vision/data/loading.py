@@ -21,8 +21,8 @@ SEG_SHAPES_RECIPE = "deeplabv3_ghost_shapes"
 
 
 def recipe_hint(name: str) -> str:
-    """``"recipe NAME (configs/NAME.yaml)"``: how messages refer to a packaged recipe."""
-    return f"recipe {name} (configs/{name}.yaml)"
+    """How messages refer to a packaged recipe: the command that trains it."""
+    return f"recipe: ghost-vision train {name}"
 
 
 def detection_collate(batch: Sequence[tuple[Any, Any] | None]) -> tuple[tuple[Any, ...], ...] | None:
@@ -70,7 +70,7 @@ def missing_data_error(what: str, expected: Path, how: str, synthetic_recipe: st
     """A :class:`FileNotFoundError` naming the expected path, where to get the data and a synthetic recipe."""
     return FileNotFoundError(
         f"{what} not found: expected {expected}. {how} "
-        f"To try the pipeline without downloading anything, train the synthetic {recipe_hint(synthetic_recipe)}."
+        f"To try the pipeline without downloading anything, train the synthetic {recipe_hint(synthetic_recipe)}"
     )
 
 

@@ -241,8 +241,10 @@ def ort_op_profile(path: str | os.PathLike, x: Any, threads: int, runs: int = 20
     """
     import tempfile
 
-    import onnx
-    import onnxruntime as ort
+    from ghost_vision._optional import require
+
+    onnx = require("onnx", extra="onnx", purpose="onnxruntime's per-operator profile")
+    ort = require("onnxruntime", extra="onnx", purpose="onnxruntime's per-operator profile")
 
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ghost_vision._optional import require
+
 __all__ = [
     "DetectorNetwork",
     "SSDHeadOutputs",
@@ -140,7 +142,7 @@ def _inference_form(model: nn.Module) -> nn.Module:
 
 def ort_session(path: str | os.PathLike, threads: int | None = None):
     """An onnxruntime CPU session with all graph optimisations and ``threads`` intra-op threads."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", extra="onnx", purpose="running an ONNX file in onnxruntime")
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -186,6 +188,7 @@ def export_onnx(
         a report: ``path``, ``outputs`` (names), ``dynamic_batch``, ``dynamic_size``, ``max_abs_diff``,
         ``checked_shapes``.
     """
+    require("onnx", extra="onnx", purpose="ONNX export")  # torch.onnx.export writes through the onnx package
     model = _inference_form(model)
     net, size_ok = exportable(model)
     dynamic_size = size_ok if dynamic_size is None else (dynamic_size and size_ok)

@@ -1,8 +1,10 @@
-"""Callbacks that leave pictures behind: training curves and predictions drawn on validation images."""
+"""Pictures of a task's work: predictions drawn on images (:func:`predict_and_draw`, also used by
+``ghost-vision infer``), and callbacks that leave training curves and drawn validation images behind."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +14,46 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ghost_vision.visualize import draw_detections, draw_segmentation, plot_curves, save_image
 
-__all__ = ["TrainingCurves", "DrawPredictions", "SkippedFiles", "output_dir"]
+__all__ = ["TrainingCurves", "DrawPredictions", "SkippedFiles", "output_dir", "predict_and_draw"]
 
 log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict_and_draw(
+    task: L.LightningModule,
+    images: Sequence[torch.Tensor],
+    *,
+    model: torch.nn.Module | None = None,
+    score_thresh: float = 0.3,
+) -> list[torch.Tensor]:
+    """Run a task's model on images (3xHxW float in [0, 1], any sizes) and draw what it predicts.
+
+    Detection tasks get boxes captioned ``class score`` (those scoring below ``score_thresh`` hidden),
+    segmentation tasks their class-id mask overlaid. ``model`` replaces ``task.model`` for the forward pass
+    (e.g. ``deploy.optimize(task.model)``); it must be in eval mode. Returns one uint8 3xHxW picture per image.
+
+    Example:
+        >>> task = load_task("runs/ssdlite_ghost_shapes/checkpoints/last.ckpt").eval()  # doctest: +SKIP
+        >>> pictures = predict_and_draw(task, [torch.rand(3, 240, 320)])  # doctest: +SKIP
+    """
+    from .detection import DetectionTask
+
+    model = task.model if model is None else model
+    images = [img.to(task.device) for img in images]
+    if not images:
+        return []
+    if isinstance(task, DetectionTask):
+        preds = model(images)
+        names = task.hparams.get("class_names")
+        return [draw_detections(i, p, class_names=names, score_thresh=score_thresh) for i, p in zip(images, preds)]
+    # segmentation: one forward pass per group of equally sized images
+    drawn: list[torch.Tensor] = []
+    same_size = all(img.shape == images[0].shape for img in images)
+    for group in ([images] if same_size else [[img] for img in images]):
+        masks = model(torch.stack(group))["out"].argmax(1)
+        drawn += [draw_segmentation(i, m, num_classes=task.hparams.num_classes) for i, m in zip(group, masks)]
+    return drawn
 
 
 def output_dir(trainer: L.Trainer) -> Path:
@@ -90,33 +129,20 @@ class DrawPredictions(_OutputDirMixin, L.Callback):
         self.dirname = dirname
 
     @rank_zero_only
-    @torch.no_grad()
     def _draw(self, trainer: L.Trainer, task: L.LightningModule, tag: str) -> None:
-        from .detection import DetectionTask
-
         dm = trainer.datamodule
         if dm is None or self.num_images <= 0:
             return
-        loader = dm.val_dataloader()
         was_training = task.training
         task.eval()
         drawn: list[torch.Tensor] = []
-        names = task.hparams.get("class_names")
-        for batch in loader:
+        for batch in dm.val_dataloader():
             if batch is None:  # only skipped samples (skip_corrupt=True)
                 continue
             images = batch[0]
             if isinstance(images, torch.Tensor) and images.ndim == 3:
                 images = images[None]
-            images = [img.to(task.device) for img in images]
-            if isinstance(task, DetectionTask):
-                preds = task.model(images)
-                drawn += [draw_detections(i, p, class_names=names, score_thresh=self.score_thresh)
-                          for i, p in zip(images, preds)]
-            else:
-                masks = task.model(torch.stack(images))["out"].argmax(1)
-                drawn += [draw_segmentation(i, m, num_classes=task.hparams.num_classes)
-                          for i, m in zip(images, masks)]
+            drawn += predict_and_draw(task, list(images), score_thresh=self.score_thresh)
             if len(drawn) >= self.num_images:
                 break
         task.train(was_training)

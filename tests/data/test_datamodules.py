@@ -39,13 +39,13 @@ def test_every_init_argument_is_annotated(cls):
 @pytest.mark.parametrize(
     ("cls", "expected", "how", "config"),
     [
-        (CocoDataModule, "nowhere/train2017", "cocodataset.org", "recipe ssdlite_ghost_shapes"),
+        (CocoDataModule, "nowhere/train2017", "cocodataset.org", "ghost-vision train ssdlite_ghost_shapes"),
         (VOCDetectionDataModule, "nowhere/VOC2007/ImageSets/Main/trainval.txt", "host.robots.ox.ac.uk",
-         "recipe ssdlite_ghost_shapes"),
+         "ghost-vision train ssdlite_ghost_shapes"),
         (VOCSegmentationDataModule, "nowhere/VOC2012/ImageSets/Segmentation/train.txt", "host.robots.ox.ac.uk",
-         "recipe deeplabv3_ghost_shapes"),
+         "ghost-vision train deeplabv3_ghost_shapes"),
         (CityscapesDataModule, "nowhere/leftImg8bit/train", "cityscapes-dataset.com",
-         "recipe deeplabv3_ghost_shapes"),
+         "ghost-vision train deeplabv3_ghost_shapes"),
     ],
 )
 def test_missing_root_message(tmp_path, cls, expected, how, config):

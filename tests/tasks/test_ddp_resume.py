@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,19 +29,28 @@ def run(cmd: list[str], *, expect: int = 0, timeout: int = 300) -> subprocess.Co
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 
-@pytest.mark.parametrize("config", ["ssdlite_ghost_shapes.yaml", "deeplabv3_ghost_shapes.yaml"])
-def test_ddp_two_processes_match_one(config, tmp_path):
-    cfg = str(CONFIGS / config)
+def _command(entry: str, command: str, config: str, *args: str) -> list[str]:
+    """``python tools/train.py configs/X.yaml ...`` or ``python -m ghost_vision train X ...`` (recipe by name):
+    Lightning re-launches either command line for rank 1."""
+    if entry == "tools":
+        return tool_cmd(command, str(CONFIGS / config), *args)
+    return [sys.executable, "-m", "ghost_vision", command, config.removesuffix(".yaml"), *args]
+
+
+@pytest.mark.parametrize(("config", "entry"), [("ssdlite_ghost_shapes.yaml", "tools"),
+                                               ("deeplabv3_ghost_shapes.yaml", "module")])
+def test_ddp_two_processes_match_one(config, entry, tmp_path):
     data = tmp_path / "data"
     # 2-process fit + validate of the best checkpoint; 5 val images: rank 1 gets a padded duplicate
     args = tiny_args(config, tmp_path / "ddp", data_root=data, num_val=5, val_batches=None)
-    run(tool_cmd("train", cfg, *args, *DDP, "--output", str(tmp_path / "ddp_train.json")))
+    run(_command(entry, "train", config, *args, *DDP, "--output", str(tmp_path / "ddp_train.json")))
     best = sorted((tmp_path / "ddp" / "ckpt").glob("best-*.ckpt"))
     assert len(best) == 1 and (tmp_path / "ddp" / "ckpt" / "last.ckpt").is_file()
     # the same checkpoint evaluated by 1 and by 2 processes
     eval_args = tiny_args(config, tmp_path / "eval", data_root=data, num_val=5, val_batches=None)
-    run(tool_cmd("eval", cfg, *eval_args, "--ckpt_path", str(best[0]), "--output", str(tmp_path / "one.json")))
-    run(tool_cmd("eval", cfg, *eval_args, *DDP, "--ckpt_path", str(best[0]), "--output", str(tmp_path / "two.json")))
+    run(_command(entry, "eval", config, *eval_args, "--ckpt_path", str(best[0]), "--output", str(tmp_path / "one.json")))
+    run(_command(entry, "eval", config, *eval_args, *DDP, "--ckpt_path", str(best[0]),
+                 "--output", str(tmp_path / "two.json")))
     one, two, trained = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two", "ddp_train"))
     assert one == two == trained
     assert ("map" in one) or ("miou" in one)
