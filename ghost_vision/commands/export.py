@@ -21,7 +21,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,34 +31,20 @@ import torch
 from ghost_vision._optional import require
 from ghost_vision.deploy import optimize, optimize_for_onnx
 from ghost_vision.deploy.export import export_onnx, export_torchscript
-from ghost_vision.models import VARIANTS, create_ghostnet, load_weights, reparameterize
-
-_MODULES = ("ghost_vision.models.detection", "ghost_vision.models.segmentation", "torchvision.models.detection",
-            "torchvision.models.segmentation", "torchvision.models")
+from ghost_vision.models import VARIANTS, get_model, load_weights, reparameterize
 
 
 def build_model(name: str, num_classes: int | None) -> torch.nn.Module:
-    """A model by name: a GhostNet variant (classifier), ``<variant>_features``, or any detection /
-    segmentation builder of ghost_vision or torchvision."""
+    """A model by registry name (:func:`ghost_vision.models.list_models`: GhostNet variants as classifiers,
+    detectors, segmenters, the torchvision peers), or ``<variant>_features`` for a feature backbone."""
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
-    if name in VARIANTS:
-        return create_ghostnet(name, **kwargs)
-    if name.endswith("_features") and name[: -len("_features")] in VARIANTS:
-        return create_ghostnet(name[: -len("_features")], features_only=True, out_indices=(1, 2, 3, 4))
-    for module in _MODULES:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        fn = getattr(mod, name, None)
-        if callable(fn):
-            if module.startswith("torchvision"):
-                kwargs.setdefault("weights", None)
-                if "detection" in module or "segmentation" in module:
-                    kwargs.setdefault("weights_backbone", None)
-            return fn(**kwargs)
-    raise SystemExit(f"unknown model {name!r}: a GhostNet variant {sorted(VARIANTS)}, '<variant>_features', or a "
-                     f"builder of {', '.join(_MODULES)}")
+    base = name.removesuffix("_features")
+    if base != name and base in VARIANTS:
+        return get_model(base, features_only=True, out_indices=(1, 2, 3, 4))
+    try:
+        return get_model(name, **kwargs)
+    except ValueError as exc:
+        raise SystemExit(f"{exc} (or '<variant>_features' for a feature backbone)") from exc
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> dict[str, Any]:

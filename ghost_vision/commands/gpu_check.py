@@ -20,21 +20,23 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
-from torchvision.models import detection as tv_det
-from torchvision.models import segmentation as tv_seg
 
-from ghost_vision.models import deeplabv3_ghostnet, lraspp_ghostnet, ssdlite320_ghostnet
+from ghost_vision.models import get_model
+
+
+def _pair(ghost: str, peer: str, kind: str, size: int, **kwargs: Any) -> tuple[Any, Any, str, int]:
+    """Builders of a Ghost model and its MobileNetV3 peer from the model registry (random init)."""
+    return lambda: get_model(ghost, **kwargs), lambda: get_model(peer, **kwargs), kind, size
+
 
 PAIRS = {
-    "ssdlite320": (lambda: ssdlite320_ghostnet(num_classes=91),
-                   lambda: tv_det.ssdlite320_mobilenet_v3_large(num_classes=91, weights_backbone=None), "det", 320),
-    "deeplabv3": (lambda: deeplabv3_ghostnet(num_classes=19),
-                  lambda: tv_seg.deeplabv3_mobilenet_v3_large(num_classes=19, weights_backbone=None), "seg", 512),
-    "lraspp": (lambda: lraspp_ghostnet(num_classes=19),
-               lambda: tv_seg.lraspp_mobilenet_v3_large(num_classes=19, weights_backbone=None), "seg", 512),
+    "ssdlite320": _pair("ssdlite320_ghostnet", "ssdlite320_mobilenet_v3_large", "det", 320, num_classes=91),
+    "deeplabv3": _pair("deeplabv3_ghostnet", "deeplabv3_mobilenet_v3_large", "seg", 512, num_classes=19),
+    "lraspp": _pair("lraspp_ghostnet", "lraspp_mobilenet_v3_large", "seg", 512, num_classes=19),
 }
 
 
