@@ -21,12 +21,28 @@ from .factory import (
     list_models,
 )
 from .ghostnet import GhostNet, GhostNetFeatures
+from .pretrained import (
+    PretrainedWeights,
+    WeightsDownloadError,
+    get_weights,
+    list_weights,
+    load_named_weights,
+    register_weights,
+    weights_path,
+)
 from .segmentation import GhostDeepLabV3, GhostLRASPP, deeplabv3_ghostnet, lraspp_ghostnet
 from .weights import WeightsMismatchError, load_weights, read_state_dict
 
 __all__ = [
     "VARIANTS",
     "GhostNet",
+    "PretrainedWeights",
+    "WeightsDownloadError",
+    "get_weights",
+    "list_weights",
+    "load_named_weights",
+    "register_weights",
+    "weights_path",
     "GhostNetFeatures",
     "WeightsMismatchError",
     "GhostDeepLabV3",
