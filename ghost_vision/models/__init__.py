@@ -28,6 +28,7 @@ from .pretrained import (
     list_weights,
     load_named_weights,
     register_weights,
+    skip_weight_loading,
     weights_path,
 )
 from .segmentation import GhostDeepLabV3, GhostLRASPP, deeplabv3_ghostnet, lraspp_ghostnet
@@ -42,6 +43,7 @@ __all__ = [
     "list_weights",
     "load_named_weights",
     "register_weights",
+    "skip_weight_loading",
     "weights_path",
     "GhostNetFeatures",
     "WeightsMismatchError",

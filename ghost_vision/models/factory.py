@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from .ghostnet import GhostNet, GhostNetFeatures
-from .pretrained import get_weights, list_weights, load_named_weights
+from .pretrained import get_weights, list_weights, load_named_weights, weight_loading_skipped
 from .weights import load_weights
 
 __all__ = [
@@ -117,7 +117,7 @@ def create_ghostnet(
     else:
         model = GhostNet(version=version, width=width, num_classes=num_classes, drop_rate=drop_rate,
                          in_chans=in_chans)
-    if weights is not None:
+    if weights is not None and not weight_loading_skipped():
         load_weights(model, resolve_weights(weights, name))
     return model
 

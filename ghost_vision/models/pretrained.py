@@ -25,11 +25,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -50,6 +52,8 @@ __all__ = [
     "register_weights",
     "weights_path",
     "load_named_weights",
+    "skip_weight_loading",
+    "weight_loading_skipped",
 ]
 
 
@@ -221,6 +225,36 @@ def load_named_weights(name: str, *, progress: bool = True) -> dict[str, Tensor]
             dst.unlink(missing_ok=True)
             raise
     return _download(entry, dst, progress=progress)
+
+
+_SKIP_LOADING: contextvars.ContextVar[bool] = contextvars.ContextVar("ghost_vision_skip_weight_loading", default=False)
+
+
+@contextlib.contextmanager
+def skip_weight_loading() -> Iterator[None]:
+    """Inside this block builders give the structure that ``weights=`` / ``weights_backbone=`` imply
+    (``FrozenBatchNorm2d``, frozen stages) but neither read nor download the weights.
+
+    For models whose every weight a checkpoint restores right after: ``DetectionTask.load_from_checkpoint``
+    and ``tools/eval.py`` use it, so that evaluating or deploying a detector trained from
+    ``"ghostnet_100.in1k"`` needs neither the ImageNet file nor the internet.
+
+    Example:
+        >>> from ghost_vision.models import skip_weight_loading
+        >>> from ghost_vision.models.detection import ssdlite320_ghostnet
+        >>> with skip_weight_loading():
+        ...     model = ssdlite320_ghostnet(num_classes=3, weights_backbone="ghostnet_100.in1k")  # no download
+    """
+    token = _SKIP_LOADING.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_LOADING.reset(token)
+
+
+def weight_loading_skipped() -> bool:
+    """True inside :func:`skip_weight_loading`."""
+    return _SKIP_LOADING.get()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class _Server:
         self.files: dict[str, bytes] = {}
         self.truncate: set[str] = set()
         self.requests: Counter[str] = Counter()
+        self.closed = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -69,8 +70,10 @@ class _Server:
         return f"http://127.0.0.1:{self.httpd.server_port}{path}"
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        if not self.closed:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+        self.closed = True
 
 
 @pytest.fixture
@@ -283,3 +286,34 @@ def test_builtin_table() -> None:
 def test_v3_names_resolve_for_v3() -> None:
     with pytest.raises(ValueError, match="are for ghostnetv3_100"):
         create_ghostnet("ghostnetv2_100", weights="ghostnetv3_100.in1k")
+
+
+def test_checkpoint_of_a_named_weight_run_loads_offline(server, served_sd, tmp_path) -> None:
+    """A task trained from a named weight restores from its checkpoint without the ImageNet file:
+    ``load_from_checkpoint`` builds the same structure (frozen BN) and does not download."""
+    import lightning as L
+
+    from ghost_vision.models import skip_weight_loading
+    from ghost_vision.tasks import DetectionTask
+
+    server.files["/w.pth"] = _official_bytes(served_sd)
+    register_weights("ghostnet_050.ckpt", variant="ghostnet_050", url=server.url("/w.pth"))
+    task = DetectionTask("ssdlite320_ghostnet", num_classes=3,
+                         model_kwargs={"width": 0.5, "weights_backbone": "ghostnet_050.ckpt"})
+    with torch.no_grad():  # "trained": every weight differs from the ImageNet ones
+        for p in task.parameters():
+            p.add_(0.01)
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams), "num_classes": 3,
+                "pytorch-lightning_version": L.__version__}, path)
+    weights_path("ghostnet_050.ckpt").unlink()
+    server.close()  # offline from here on
+
+    restored = DetectionTask.load_from_checkpoint(path)
+    for key, value in task.state_dict().items():
+        assert torch.equal(restored.state_dict()[key], value), key
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in restored.model.backbone.modules())
+    assert server.requests["/w.pth"] == 1 and _cache_files() == []
+    with skip_weight_loading():  # the same for a builder
+        body = create_ghostnet("ghostnet_050", weights="ghostnet_050.ckpt", features_only=True)
+    assert not torch.equal(body.conv_stem.weight, served_sd["conv_stem.weight"])
