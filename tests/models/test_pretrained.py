@@ -317,3 +317,21 @@ def test_checkpoint_of_a_named_weight_run_loads_offline(server, served_sd, tmp_p
     with skip_weight_loading():  # the same for a builder
         body = create_ghostnet("ghostnet_050", weights="ghostnet_050.ckpt", features_only=True)
     assert not torch.equal(body.conv_stem.weight, served_sd["conv_stem.weight"])
+
+
+def test_training_checkpoint_format_picks_the_named_entry(server, served_sd) -> None:
+    """The official v2/v3 releases are timm-train-script checkpoints: ``state_dict``, ``state_dict_ema`` and
+    an ``argparse.Namespace`` of arguments (allowed by the weights-only reader); ``checkpoint_key`` picks one."""
+    import argparse
+
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in served_sd.items()}
+    buf = io.BytesIO()
+    torch.save({"epoch": 449, "state_dict": {f"module.{k}": v for k, v in served_sd.items()},
+                "state_dict_ema": ema, "args": argparse.Namespace(model="ghostnet", lr=0.064)}, buf)
+    server.files["/ck.pth.tar"] = buf.getvalue()
+    register_weights("ghostnet_050.plain", variant="ghostnet_050", url=server.url("/ck.pth.tar"))
+    register_weights("ghostnet_050.ema", variant="ghostnet_050", url=server.url("/ck.pth.tar"),
+                     checkpoint_key="state_dict_ema")
+    assert weights_path("ghostnet_050.ema").name == "ghostnet_050.ema.pth.tar"
+    _assert_same(create_ghostnet("ghostnet_050", weights="ghostnet_050.plain"), served_sd)
+    _assert_same(create_ghostnet("ghostnet_050", weights="ghostnet_050.ema"), ema)
