@@ -93,9 +93,17 @@ def _file_name(name: str, url: str) -> str:
     return name + ".pth"
 
 
+def _hash_in_file_name(url: str) -> str | None:
+    """torch.hub's ``check_hash`` convention: ``name-<sha256 prefix>.ext`` (e.g. ``resnet18-f37072fd.pth``);
+    only prefixes of 8+ hex digits count (``ghostnetv3-1.0.pth.tar`` carries none)."""
+    match = torch.hub.HASH_REGEX.search(Path(urlparse(url).path).name)
+    return match.group(1) if match and len(match.group(1)) >= 8 else None
+
+
 def _add(name: str, variant: str, url: str, sha256: str | None = None, **meta: Any) -> PretrainedWeights:
     if not name or "/" in name or os.sep in name:
         raise ValueError(f"weights name {name!r} must be non-empty and contain no path separator")
+    sha256 = sha256 or _hash_in_file_name(url)
     if sha256 is not None:
         sha256 = sha256.lower()
         if not _SHA.match(sha256):
@@ -117,6 +125,7 @@ def register_weights(
         url: ``https://``, ``http://`` or ``file://`` URL of a ``.pth``/``.pth.tar``/``.safetensors``/``.ckpt``
             file in any format :func:`~ghost_vision.models.load_weights` reads.
         sha256: the file's SHA-256 (or a prefix of at least 8 hex digits); checked after every download.
+            Default: the prefix in the file name if it follows torch.hub's ``name-<prefix>.pth``, else none.
         **meta: free-form facts (``top1``, ``source``, ``license``); ``checkpoint_key`` picks an entry of a
             training checkpoint (e.g. ``"state_dict_ema"``), ``file_name`` overrides the cache file name.
 

@@ -248,6 +248,8 @@ def test_names_are_checked_against_the_variant() -> None:
         register_weights("x.y", variant="ghostnet_999", url="https://example.com/x.pth")
     with pytest.raises(ValueError, match="https://"):
         register_weights("x.y", variant="ghostnet_050", url="ftp://example.com/x.pth")
+    assert register_weights("x.h", variant="ghostnet_050", url="https://a.b/ghostnet-3c3f9a1e.pth").sha256 == "3c3f9a1e"
+    assert register_weights("x.v3", variant="ghostnet_050", url="https://a.b/ghostnetv3-1.0.pth.tar").sha256 is None
     with pytest.raises(ValueError, match="hex digits"):
         register_weights("x.y", variant="ghostnet_050", url="https://example.com/x.pth", sha256="abc")
 
