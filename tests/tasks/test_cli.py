@@ -185,6 +185,36 @@ def test_print_config(config, capsys):
     assert "optimizer" not in printed  # the tasks own the optimizer set-up
 
 
+def test_ema_callback_validates_and_checkpoints_the_averaged_weights(tmp_path):
+    """Lightning's EMAWeightAveraging as a recipe option: the checkpoint's ``state_dict`` holds the averaged
+    weights (the raw ones in ``current_model_state``), and they are what validation and tools/eval.py see."""
+    config = "ssdlite_ghost_shapes.yaml"
+    # decay 0.999: the average stays near the weights after step 1; a large LR without warm-up moves the raw
+    # weights far from those in 3 steps, so the two evaluate differently
+    ema = "[{class_path: lightning.pytorch.callbacks.EMAWeightAveraging, init_args: {decay: 0.999}}]"
+    out = tmp_path / "final.json"
+    run_tool("train", str(CONFIGS / config), *tiny_args(config, tmp_path, train_batches=3),
+             "--trainer.callbacks", ema, "--model.init_args.lr", "0.02", "--model.init_args.warmup_epochs", "0",
+             "--output", str(out))
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    # evaluating the checkpoint without the callback (the averaged state_dict) reproduces the run's metrics
+    best = sorted((tmp_path / "ckpt").glob("best-*.ckpt"))[0]
+    metrics = run_tool("eval", str(CONFIGS / config), *tiny_args(config, tmp_path / "eval", data_root=tmp_path / "data"),
+                       "--trainer.callbacks", "null", "--ckpt_path", str(best))
+    assert metrics == json.loads(out.read_text())
+    # ... and the raw weights score differently (so the comparison above can fail)
+    raw_ckpt = {**torch.load(best, map_location="cpu", weights_only=False)}
+    raw_ckpt["state_dict"] = raw_ckpt.pop("current_model_state")
+    torch.save(raw_ckpt, tmp_path / "raw.ckpt")
+    raw_metrics = run_tool("eval", str(CONFIGS / config), *tiny_args(config, tmp_path / "eval_raw",
+                           data_root=tmp_path / "data"), "--trainer.callbacks", "null", "--ckpt_path",
+                           str(tmp_path / "raw.ckpt"))
+    assert raw_metrics != metrics, metrics
+
+
 REAL_DATA_CONFIGS = ["deeplabv3_ghost_cityscapes.yaml", "deeplabv3_ghost_voc.yaml", "fasterrcnn_ghost_fpn_coco.yaml",
                      "ssdlite_ghost_coco.yaml", "ssdlite_ghost_voc.yaml"]
 
