@@ -46,6 +46,15 @@ class GhostCLI(LightningCLI):
         parser.add_argument("--output", type=str | None, default=None,
                             help="write the final metrics as flat JSON to this file")
 
+    def before_instantiate_classes(self) -> None:
+        # jsonargparse (4.53) parses ``--model.init_args.model_kwargs.KEY null`` into the *string* "None"
+        # for the dict[str, Any] ``model_kwargs``; the documented from-scratch override
+        # ``--model.init_args.model_kwargs.weights_backbone null`` needs a real None.
+        init_args = (self.config.get("model") or {}).get("init_args") or {}
+        kwargs = init_args.get("model_kwargs")
+        if isinstance(kwargs, dict):
+            init_args["model_kwargs"] = {k: None if v in ("None", "null") else v for k, v in kwargs.items()}
+
 
 def config_args(args: Sequence[str]) -> list[str]:
     """LightningCLI arguments from ``[CONFIG, overrides...]``: a leading bare CONFIG becomes ``--config``, and
@@ -183,8 +192,13 @@ def evaluate(args: Sequence[str] | None = None, *, prog: str | None = None) -> d
     """Validate ``--ckpt_path`` on the config's validation split; print and write the metrics.
 
     ``args``: ``[CONFIG, --ckpt_path PATH, overrides...]`` as on the command line (``None``: ``sys.argv[1:]``).
+    The model is built without reading the backbone's pretrained weights (the checkpoint restores every
+    weight), so a recipe naming ``ghostnet_100.in1k`` evaluates offline.
     """
-    cli = _make_cli(args, prog)
+    from ghost_vision.models import skip_weight_loading
+
+    with skip_weight_loading():
+        cli = _make_cli(args, prog)
     ckpt_path = cli.config.get("ckpt_path")
     if not ckpt_path or ckpt_path == "last":
         raise SystemExit("eval needs --ckpt_path PATH/TO/CHECKPOINT.ckpt")

@@ -26,6 +26,16 @@ from .factory import (
 )
 from .ghostnet import GhostNet, GhostNetFeatures
 from .layers_v3 import reparameterize
+from .pretrained import (
+    PretrainedWeights,
+    WeightsDownloadError,
+    get_weights,
+    list_weights,
+    load_named_weights,
+    register_weights,
+    skip_weight_loading,
+    weights_path,
+)
 from .registry import get_model, list_models
 from .segmentation import GhostDeepLabV3, GhostLRASPP, deeplabv3_ghostnet, lraspp_ghostnet
 from .weights import WeightsMismatchError, load_weights, read_state_dict
@@ -33,6 +43,14 @@ from .weights import WeightsMismatchError, load_weights, read_state_dict
 __all__ = [
     "VARIANTS",
     "GhostNet",
+    "PretrainedWeights",
+    "WeightsDownloadError",
+    "get_weights",
+    "list_weights",
+    "load_named_weights",
+    "register_weights",
+    "skip_weight_loading",
+    "weights_path",
     "GhostNetFeatures",
     "WeightsMismatchError",
     "GhostDeepLabV3",

@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from .ghostnet import GhostNet, GhostNetFeatures
+from .pretrained import get_weights, list_weights, load_named_weights, weight_loading_skipped
 from .weights import load_weights
 
 __all__ = [
@@ -44,21 +45,35 @@ VARIANTS: dict[str, tuple[int, float]] = {
 Weights = str | os.PathLike | Mapping[str, Tensor] | None
 
 
-def _timm_state_dict(name: str) -> dict[str, Tensor]:
-    try:
-        import timm  # optional: only to fetch published weights
-    except ImportError as exc:
-        raise RuntimeError(
-            f"weights='timm' needs the optional package timm (pip install timm) and internet access. "
-            f"Offline, download the '{name}' checkpoint elsewhere and pass its path: weights='/path/to/file.pth'"
-        ) from exc
-    try:
-        return timm.create_model(name, pretrained=True).state_dict()
-    except Exception as exc:  # noqa: BLE001 - any hub/network failure gets the same advice
-        raise RuntimeError(
-            f"could not fetch timm's pretrained '{name}' ({type(exc).__name__}: {exc}). Offline, pass a local "
-            f"file instead: weights='/path/to/{name}.safetensors' (or the official .pth)"
-        ) from exc
+def resolve_weights(weights: Weights, variant: str) -> str | os.PathLike | Mapping[str, Tensor] | None:
+    """What :func:`load_weights` should read for ``weights=`` of a ``variant`` model.
+
+    A registered name (:func:`~ghost_vision.models.list_weights`) becomes its state dict (downloaded and
+    verified once, then cached); ``"timm"`` means timm's hub copy ``"<variant>.in1k"``; paths and state
+    dicts pass through. A string that is neither a registered name nor an existing file raises
+    ``FileNotFoundError`` listing the names registered for the variant.
+    """
+    if not isinstance(weights, str):
+        return weights
+    name = f"{variant}.in1k" if weights == "timm" else weights
+    if name in list_weights():
+        entry = get_weights(name)
+        if entry.variant != variant:
+            raise ValueError(
+                f"weights {name!r} are for {entry.variant}, not {variant}; "
+                f"weights for {variant}: {list_weights(variant) or 'none published'}"
+            )
+        return load_named_weights(name)
+    if weights == "timm":
+        raise ValueError(f"weights='timm': timm publishes no ImageNet weights for {variant}; "
+                         f"registered weights for it: {list_weights(variant) or 'none'}")
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"weights {weights!r} is neither a registered name nor an existing file. Names for {variant}: "
+            f"{list_weights(variant) or 'none published'} (all: ghost_vision.models.list_weights()); or pass the "
+            "path of an official/timm checkpoint or a ghost-vision .ckpt."
+        )
+    return weights
 
 
 def create_ghostnet(
@@ -80,8 +95,9 @@ def create_ghostnet(
         name: ``ghostnet_050/100/130`` (v1), ``ghostnetv2_100/130/160`` (v2, DFC attention) or
             ``ghostnetv3_050/100/130/160`` (v3, built in its multi-branch training form: call
             :func:`~ghost_vision.models.reparameterize` before deploying).
-        weights: ``None``, a checkpoint path, a state dict, or ``"timm"`` (fetch the published weights;
-            needs timm and internet).
+        weights: ``None``, a registered name such as ``"ghostnet_100.in1k"`` (see
+            :func:`~ghost_vision.models.list_weights`; downloaded once into the torch hub cache and
+            verified), a checkpoint path, a state dict, or ``"timm"`` (same as ``"<name>.in1k"``).
         features_only: return a :class:`GhostNetFeatures` backbone instead of the classifier.
         out_indices, output_stride, frozen_stages, norm_eval: feature backbone options
             (see :class:`GhostNetFeatures`).
@@ -105,9 +121,8 @@ def create_ghostnet(
     else:
         model = GhostNet(version=version, width=width, num_classes=num_classes, drop_rate=drop_rate,
                          in_chans=in_chans)
-    if weights is not None:
-        source = _timm_state_dict(name) if isinstance(weights, str) and weights == "timm" else weights
-        load_weights(model, source)
+    if weights is not None and not weight_loading_skipped():
+        load_weights(model, resolve_weights(weights, name))
     return model
 
 

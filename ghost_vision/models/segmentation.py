@@ -270,7 +270,8 @@ def deeplabv3_ghostnet(
         output_stride: 16 or 8 (the backbone's later strides become dilation).
         aux_loss: also return ``"aux"`` logits from an FCN head on the stride-16 feature.
         decoder: DeepLabV3+ decoder on the stride-4 feature (``False``: plain DeepLabV3 head).
-        weights_backbone: GhostNet weights (a path, a state dict or ``"timm"``), see :func:`create_ghostnet`.
+        weights_backbone: GhostNet weights: a registered name (``"ghostnet_100.in1k"``, see
+            :func:`~ghost_vision.models.list_weights`), a path or a state dict, see :func:`create_ghostnet`.
         **kwargs: ``backbone`` (a variant name such as ``"ghostnetv2_100"``, overriding ``width``),
             ``frozen_stages``, ``norm_eval`` (backbone options), and ``atrous_rates``, ``aspp_channels``
             (default 128), ``dropout``, ``normalize`` for :class:`GhostDeepLabV3`.
@@ -307,7 +308,8 @@ def lraspp_ghostnet(
     Args:
         num_classes: output classes (>= 1).
         width: GhostNet v1 width, 0.5, 1.0 or 1.3.
-        weights_backbone: GhostNet weights (a path, a state dict or ``"timm"``).
+        weights_backbone: GhostNet weights (a registered name such as ``"ghostnet_100.in1k"``, a path or a
+            state dict).
         **kwargs: ``backbone``, ``frozen_stages``, ``norm_eval`` (as for :func:`deeplabv3_ghostnet`),
             ``inter_channels`` (default 128) and ``normalize`` for :class:`GhostLRASPP`.
 

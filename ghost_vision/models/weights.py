@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from collections.abc import Mapping
@@ -23,11 +24,16 @@ class WeightsMismatchError(RuntimeError):
     """A checkpoint does not fit the model; the message lists every offending key."""
 
 
-def read_state_dict(source: str | os.PathLike | Mapping[str, Tensor]) -> dict[str, Tensor]:
+def read_state_dict(
+    source: str | os.PathLike | Mapping[str, Tensor], *, key: str | None = None
+) -> dict[str, Tensor]:
     """Read a state dict from a mapping or a file (``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors``).
 
     Nested ``state_dict`` / ``model`` / ``state_dict_ema`` entries (Lightning, timm train scripts) are
-    unwrapped. Raises ``FileNotFoundError`` naming the path when the file is missing.
+    unwrapped, the first found in that order, or the entry ``key`` when given (e.g. ``"state_dict_ema"``).
+    Files are read with ``weights_only=True`` (no arbitrary code); the ``argparse.Namespace`` of
+    timm-style training checkpoints (``args``) is allowed. Raises ``FileNotFoundError`` naming the path
+    when the file is missing.
     """
     if isinstance(source, Mapping):
         sd = dict(source)
@@ -44,12 +50,17 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Tensor]) -> dict[st
             sd = load_file(str(path))
         else:
             try:
-                sd = torch.load(path, map_location="cpu", weights_only=True)
+                with torch.serialization.safe_globals([argparse.Namespace]):
+                    sd = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - re-raised with the file name
                 raise WeightsMismatchError(f"cannot read weights file {path}: {exc}") from exc
-    for key in ("state_dict", "model", "state_dict_ema", "model_state"):
-        if isinstance(sd.get(key), Mapping) and all(isinstance(v, Tensor) for v in sd[key].values()):
-            sd = dict(sd[key])
+    if key is not None:
+        if not isinstance(sd.get(key), Mapping):
+            raise WeightsMismatchError(f"the checkpoint has no state dict under {key!r}; its entries: {sorted(sd)[:12]}")
+        sd = dict(sd[key])
+    for nested in ("state_dict", "model", "state_dict_ema", "model_state"):
+        if isinstance(sd.get(nested), Mapping) and all(isinstance(v, Tensor) for v in sd[nested].values()):
+            sd = dict(sd[nested])
             break
     if not all(isinstance(v, Tensor) for v in sd.values()):
         bad = [k for k, v in sd.items() if not isinstance(v, Tensor)][:5]

@@ -85,6 +85,16 @@ class BaseTask(L.LightningModule):
 
     model: nn.Module
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any):  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``; the backbone's pretrained weights named in the saved
+        ``model_kwargs`` (e.g. ``weights_backbone: ghostnet_100.in1k``) are not downloaded or read again:
+        the checkpoint restores every weight (strictly)."""
+        from ghost_vision.models import skip_weight_loading
+
+        with skip_weight_loading():
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def __init__(
         self,
         *,

@@ -75,9 +75,9 @@ def test_mismatch_lists_missing_unexpected_and_shapes(timm_sd) -> None:
         load_weights(create_ghostnet("ghostnet_100"), v2)
 
 
-def test_missing_file_and_offline_timm(tmp_path, monkeypatch) -> None:
+def test_missing_file(tmp_path) -> None:
+    # weights="timm" and named weights (downloads, offline errors): tests/models/test_pretrained.py
     with pytest.raises(FileNotFoundError, match="weights file not found: .*nope.pth"):
         ghostnet_100(weights=tmp_path / "nope.pth")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="pass a local file instead"):
-        ghostnet_100(weights="timm")
+    with pytest.raises(FileNotFoundError, match="neither a registered name nor an existing file"):
+        ghostnet_100(weights=str(tmp_path / "nope.pth"))

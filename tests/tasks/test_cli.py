@@ -12,6 +12,7 @@ import runpy
 import sys
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import lightning as L
 import pytest
@@ -19,7 +20,7 @@ import torch
 from conftest import CONFIGS, REPO, tiny_args
 from torchvision.io import decode_png, read_file
 
-from ghost_vision.cli import load_task
+from ghost_vision.cli import GhostCLI, _make_cli, load_task
 from ghost_vision.tasks import DetectionTask, SegmentationTask
 
 COCO_KEYS = {"map", "map_50", "map_75", "map_small", "map_medium", "map_large",
@@ -182,6 +183,69 @@ def test_print_config(config, capsys):
     assert printed["data"]["class_path"].startswith("ghost_vision.data.")
     assert printed["checkpoint"]["save_last"] is True and printed["checkpoint"]["monitor"].startswith("val/")
     assert "optimizer" not in printed  # the tasks own the optimizer set-up
+
+
+def test_ema_callback_validates_and_checkpoints_the_averaged_weights(tmp_path):
+    """Lightning's EMAWeightAveraging as a recipe option: the checkpoint's ``state_dict`` holds the averaged
+    weights (the raw ones in ``current_model_state``), and they are what validation and tools/eval.py see."""
+    config = "ssdlite_ghost_shapes.yaml"
+    # decay 0.999: the average stays near the weights after step 1; a large LR without warm-up moves the raw
+    # weights far from those in 3 steps, so the two evaluate differently
+    ema = "[{class_path: lightning.pytorch.callbacks.EMAWeightAveraging, init_args: {decay: 0.999}}]"
+    out = tmp_path / "final.json"
+    run_tool("train", str(CONFIGS / config), *tiny_args(config, tmp_path, train_batches=3),
+             "--trainer.callbacks", ema, "--model.init_args.lr", "0.02", "--model.init_args.warmup_epochs", "0",
+             "--output", str(out))
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    # evaluating the checkpoint without the callback (the averaged state_dict) reproduces the run's metrics
+    best = sorted((tmp_path / "ckpt").glob("best-*.ckpt"))[0]
+    metrics = run_tool("eval", str(CONFIGS / config), *tiny_args(config, tmp_path / "eval", data_root=tmp_path / "data"),
+                       "--trainer.callbacks", "null", "--ckpt_path", str(best))
+    assert metrics == json.loads(out.read_text())
+    # ... and the raw weights score differently (so the comparison above can fail)
+    raw_ckpt = {**torch.load(best, map_location="cpu", weights_only=False)}
+    raw_ckpt["state_dict"] = raw_ckpt.pop("current_model_state")
+    torch.save(raw_ckpt, tmp_path / "raw.ckpt")
+    raw_metrics = run_tool("eval", str(CONFIGS / config), *tiny_args(config, tmp_path / "eval_raw",
+                           data_root=tmp_path / "data"), "--trainer.callbacks", "null", "--ckpt_path",
+                           str(tmp_path / "raw.ckpt"))
+    assert raw_metrics != metrics, metrics
+
+
+REAL_DATA_CONFIGS = ["deeplabv3_ghost_cityscapes.yaml", "deeplabv3_ghost_voc.yaml", "fasterrcnn_ghost_fpn_coco.yaml",
+                     "ssdlite_ghost_coco.yaml", "ssdlite_ghost_voc.yaml"]
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_real_data_recipes_name_imagenet_weights(config, capsys, monkeypatch):
+    """Real-data recipes start from named ImageNet weights (from scratch with ``... weights_backbone null``);
+    the synthetic-shapes recipes train from scratch. ``--print_config`` resolves without downloading."""
+    import yaml
+
+    from ghost_vision.models import list_weights
+
+    def printed(*extra: str) -> dict:
+        with pytest.raises(SystemExit) as exc:
+            run_tool("train", str(CONFIGS / config), *extra, "--print_config")
+        assert exc.value.code in (0, None)
+        return yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["model_kwargs"] or {}
+
+    kwargs = printed()
+    if config in REAL_DATA_CONFIGS:
+        assert kwargs["weights_backbone"] == "ghostnet_100.in1k" and "ghostnet_100.in1k" in list_weights()
+        # the from-scratch override reaches the builder as a real None
+        monkeypatch.setattr(sys, "argv", ["train.py"])
+        with mock.patch.object(GhostCLI, "instantiate_classes", lambda self: None):
+            cli = _make_cli(["--config", str(CONFIGS / config), "--model.init_args.model_kwargs.weights_backbone",
+                             "null"])
+        scratch = cli.config["model"]["init_args"]["model_kwargs"]
+        assert scratch["weights_backbone"] is None and {k: v for k, v in scratch.items() if k != "weights_backbone"} \
+            == {k: v for k, v in kwargs.items() if k != "weights_backbone"}
+    else:
+        assert "shapes" in config and kwargs.get("weights_backbone") is None
 
 
 def test_config_errors_get_clear_messages(capsys):

@@ -78,7 +78,8 @@ def ghostnet_fpn_backbone(
     Args:
         name: a variant of :data:`~ghost_vision.models.VARIANTS` (``ghostnet_050/100/130``,
             ``ghostnetv2_100/130/160``).
-        weights: backbone weights: a checkpoint path, a state dict or ``"timm"``.
+        weights: backbone weights: a registered name (``"ghostnet_100.in1k"``, see
+            :func:`~ghost_vision.models.list_weights`), a checkpoint path or a state dict.
         trainable_layers: trainable units counted from the top, 0..6. The 6 units are the stem and the
             5 feature levels (``blocks.0``, ``blocks.1-2``, ``blocks.3-4``, ``blocks.5-6``, ``blocks.7-9``);
             6 trains everything, 0 freezes the whole backbone. As in torchvision's ``mobilenet_backbone``
@@ -136,7 +137,7 @@ _COMMON_ARGS = """
     Args:
         num_classes: classes including the background.
         width: GhostNet v1 width, 0.5, 1.0 or 1.3.
-        weights_backbone: GhostNet weights (a checkpoint path, a state dict or ``"timm"``); when given the
+        weights_backbone: GhostNet weights (a registered name, a checkpoint path or a state dict); when given the
             backbone's BatchNorms become ``FrozenBatchNorm2d``.
         trainable_backbone_layers: trainable backbone units counted from the top, 0..6 (stem + 5 levels,
             see :func:`ghostnet_fpn_backbone`); default 3 with ``weights_backbone``, else all 6 (other

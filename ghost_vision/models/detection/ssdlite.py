@@ -89,7 +89,8 @@ def ssdlite320_ghostnet(
     Args:
         num_classes: classes including the background.
         width: GhostNet v1 width, 0.5, 1.0 or 1.3.
-        weights_backbone: GhostNet weights for the backbone: a checkpoint path, a state dict or ``"timm"``
+        weights_backbone: GhostNet weights for the backbone: a registered name (``"ghostnet_100.in1k"``),
+            a checkpoint path or a state dict
             (see :func:`~ghost_vision.models.load_weights`). When given, the backbone's BatchNorms become
             ``FrozenBatchNorm2d``; otherwise, as in torchvision, they use eps 0.001 / momentum 0.03 and the
             convolutions get SSDLite's normal(0, 0.03) initialisation.
