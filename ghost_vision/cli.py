@@ -84,7 +84,7 @@ def config_args(args: Sequence[str]) -> list[str]:
     return args
 
 
-def _make_cli(args: Sequence[str] | None, prog: str | None) -> GhostCLI:
+def _make_cli(args: Sequence[str] | None, prog: str | None = None) -> GhostCLI:
     """``args=None`` parses ``sys.argv[1:]``."""
     parser_kwargs: dict[str, Any] = {"description": __doc__}
     if prog:

@@ -253,7 +253,7 @@ def test_datamodule_names_missing_folders_and_the_recipe(tmp_path):
         dm.setup("fit")
     msg = str(err.value)
     assert f"{tmp_path / 'masks' / 'train'}" in msg and "data.train_ann_dir" in msg
-    assert "recipe deeplabv3_ghost_folder" in msg
+    assert "ghost-vision train deeplabv3_ghost_folder" in msg
     with pytest.raises(ValueError, match="one name per mask value"):
         SegmentationFolderDataModule(str(tmp_path), classes="road")
 

@@ -245,7 +245,9 @@ def test_real_data_recipes_name_imagenet_weights(config, capsys, monkeypatch):
         assert scratch["weights_backbone"] is None and {k: v for k, v in scratch.items() if k != "weights_backbone"} \
             == {k: v for k, v in kwargs.items() if k != "weights_backbone"}
     else:
-        assert "shapes" in config and kwargs.get("weights_backbone") is None
+        # the synthetic recipes (shapes, and the folder recipe's synthetic default) train from scratch
+        data = yaml.safe_load((CONFIGS / config).read_text())["data"]["class_path"]
+        assert data.startswith("ghost_vision.data.Synthetic") and kwargs.get("weights_backbone") is None
 
 
 def test_config_errors_get_clear_messages(capsys):
