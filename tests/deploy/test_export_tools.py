@@ -75,6 +75,7 @@ def test_export_cli(tmp_path: Path) -> None:
     assert (tmp_path / "ghostnet_050.onnx").is_file() and report["onnx"]["max_abs_diff"] < 1e-4
 
 
+@pytest.mark.slow  # minutes on a 2-core CPU: a smoke run of the tool, in make test-slow
 def test_benchmark_quick(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "benchmark.py"), "--quick", "--pairs", "backbone",
@@ -93,6 +94,7 @@ def test_benchmark_quick(tmp_path: Path) -> None:
     assert "| backbone" in (tmp_path / "benchmark.md").read_text()
 
 
+@pytest.mark.slow  # minutes on a 2-core CPU: a smoke run of the tool, in make test-slow
 def test_gpu_check_runs_on_cpu(tmp_path: Path) -> None:
     """tools/gpu_check.py's code path (AMP steps, interleaved timing, JSON) as a CPU smoke run."""
     proc = subprocess.run(
