@@ -147,6 +147,22 @@ class BaseTask(L.LightningModule):
             "(--trainer.gradient_clip_val 10) or set --model.init_args.on_nonfinite skip to skip such steps."
         )
 
+    def skip_together(self, skip: bool) -> bool:
+        """Whether to skip this training step (return ``None``): ``skip`` on this process, or on any process
+        under DDP. A process that skipped backward while the others ran it would leave their gradient
+        all-reduce waiting forever, so a step is skipped by all or by none (for a batch of nothing but
+        unreadable samples, or a non-finite loss with ``on_nonfinite="skip"``)."""
+        trainer = self._trainer_or_none()
+        if trainer is None or trainer.world_size <= 1:
+            return skip
+        return bool(trainer.strategy.reduce_boolean_decision(skip, all=False))
+
+    def _trainer_or_none(self) -> Any:
+        try:
+            return self.trainer
+        except RuntimeError:  # not attached to a Trainer (a bare module in a unit test)
+            return None
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.hparams.on_nonfinite == "skip":  # cheap: buffers are running statistics and counters
             self._buffers_backup = [b.detach().clone() for b in self.model.buffers()]

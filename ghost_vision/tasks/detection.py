@@ -94,13 +94,13 @@ class DetectionTask(BaseTask):
         return self.model(images)
 
     def training_step(self, batch: Sequence[Any] | None, batch_idx: int) -> Tensor | None:
-        if batch is None:  # every sample of the batch was skipped as unreadable (skip_corrupt=True)
+        if self.skip_together(batch is None):  # all samples skipped as unreadable (skip_corrupt=True)
             return None
         images, targets = self._split(batch)
         losses = self.model(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
         loss = sum(losses.values())
         loss = self.check_loss(loss, losses, batch_idx)
-        if loss is None:
+        if self.skip_together(loss is None):
             return None
         bs = len(images)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)

@@ -88,12 +88,12 @@ class SegmentationTask(BaseTask):
         return loss
 
     def training_step(self, batch: Sequence[Tensor] | None, batch_idx: int) -> Tensor | None:
-        if batch is None:  # every sample of the batch was skipped as unreadable (skip_corrupt=True)
+        if self.skip_together(batch is None):  # all samples skipped as unreadable (skip_corrupt=True)
             return None
         images, masks = batch[0], batch[1]
         loss, parts = self._loss(self.model(images), masks)
         loss = self.check_loss(loss, parts, batch_idx)
-        if loss is None:
+        if self.skip_together(loss is None):
             return None
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
         return loss

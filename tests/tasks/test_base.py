@@ -171,3 +171,31 @@ def test_mid_epoch_resume_in_process_matches_an_uninterrupted_run(tmp_path):
     resumed = run("resumed", resume=True)
     for (key, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), key
+
+
+class _FakeStrategy:
+    def __init__(self, others_skip: bool) -> None:
+        self.others_skip, self.asked = others_skip, []
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002 - Lightning's name
+        self.asked.append((decision, all))
+        return decision or self.others_skip  # all=False: True when any process says True
+
+
+@pytest.mark.parametrize("others_skip", [False, True])
+def test_training_steps_are_skipped_by_all_processes_or_none(monkeypatch, others_skip):
+    """Under DDP a step that one process skips (a batch of nothing but unreadable samples) is skipped by every
+    process, else the others' gradient all-reduce would wait forever; one process decides alone."""
+    task = SegmentationTask({"class_path": f"{__name__}.ToySeg"}, num_classes=3)
+    strategy = _FakeStrategy(others_skip)
+    fake = type("FakeTrainer", (), {"world_size": 2, "strategy": strategy})()
+    monkeypatch.setattr(SegmentationTask, "trainer", property(lambda self: fake))
+    monkeypatch.setattr(SegmentationTask, "log", lambda self, *a, **k: None)
+    batch = (torch.rand(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8)))
+    out = task.training_step(batch, 0)
+    assert (out is None) == others_skip
+    assert strategy.asked[0] == (False, False)
+    assert task.training_step(None, 1) is None and strategy.asked[-1] == (True, False)
+    fake.world_size = 1  # one process: no collective call
+    n = len(strategy.asked)
+    assert task.training_step(batch, 2) is not None and len(strategy.asked) == n
