@@ -170,8 +170,7 @@ def _data_loading(num_images: int, batch: int, workers: int, tmp: Path) -> dict[
 def _v3(args: argparse.Namespace) -> dict[str, Any]:
     """GhostNetV3: costs of both forms, fused latency vs v1 and the peer, training step vs v1."""
     out: dict[str, Any] = {"costs": v3_costs()}
-    spec = ("ghost_vision.models", "create_ghostnet")
-    nets = {k: build((*spec, dict(name=n, features_only=True)))
+    nets = {k: build((n, dict(features_only=True)))
             for k, n in (("v3", "ghostnetv3_100"), ("v2", "ghostnetv2_100"), ("v1", "ghostnet_100"))}
     peer, _ = freeze_network(build(PAIRS["backbone"]["peer"]).to(memory_format=CL))
     x = PAIRS["backbone"]["input"](1)
