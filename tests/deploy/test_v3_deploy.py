@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_optimize import _randomize_bn as randomize_bn  # same folder: pytest puts it on sys.path
 from torch import nn
 
 from ghost_vision.deploy import FastGhostBottleneck, optimize, optimize_for_onnx, unfused_batchnorms
@@ -24,16 +25,8 @@ def _one_thread(one_torch_thread):
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.6 - 0.3)
-    return model.eval()
+    """test_optimize's BN randomizer (FrozenBatchNorm2d included), then eval mode."""
+    return randomize_bn(model, seed).eval()
 
 
 def _close(ref: torch.Tensor, got: torch.Tensor, atol: float = 1e-4) -> None:
