@@ -80,3 +80,58 @@ def test_the_check_resolves_relative_imports_and_sees_function_bodies():
                                                                                  names=True)}
     # the deprecated SSDHeadOutputs alias (a module __getattr__) is the one exception
     assert "ghost_vision.deploy.export" not in modules("models", "detection", "__init__.py")
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (function bodies included). Package ``__init__`` files
+    only re-export, so an import of a package counts for nothing here; ``from pkg import mod`` of a
+    submodule counts as an import of that submodule."""
+    modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): p
+               for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = {m for _, m in _imports(path) if m in modules}
+        targets |= {m for _, m in _imports(path, names=True) if m in modules}
+        graph[name] = targets - {name}
+    return graph
+
+
+def test_no_import_cycles_between_modules():
+    graph = _module_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    assert not cycles, "modules importing each other (directly or in a circle): " + "; ".join(
+        " <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_sees_a_lazy_import():
+    graph = _module_graph()
+    # the variant table sits below both factory and pretrained; load_task sits above the task modules
+    assert "ghost_vision.models.variants" in graph["ghost_vision.models.pretrained"]
+    assert "ghost_vision.models.pretrained" not in graph["ghost_vision.models.variants"]
+    assert "ghost_vision.tasks.detection" in graph["ghost_vision.tasks.loading"]

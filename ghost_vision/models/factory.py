@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .ghostnet import GhostNet, GhostNetFeatures
 from .pretrained import get_weights, list_weights, load_named_weights, weight_loading_skipped
+from .variants import VARIANTS
 from .weights import load_weights
 
 __all__ = [
@@ -27,20 +28,6 @@ __all__ = [
     "ghostnetv3_130",
     "ghostnetv3_160",
 ]
-
-#: name -> (version, width). Names are timm's, so checkpoints and docs line up.
-VARIANTS: dict[str, tuple[int, float]] = {
-    "ghostnet_050": (1, 0.5),
-    "ghostnet_100": (1, 1.0),
-    "ghostnet_130": (1, 1.3),
-    "ghostnetv2_100": (2, 1.0),
-    "ghostnetv2_130": (2, 1.3),
-    "ghostnetv2_160": (2, 1.6),
-    "ghostnetv3_050": (3, 0.5),
-    "ghostnetv3_100": (3, 1.0),
-    "ghostnetv3_130": (3, 1.3),
-    "ghostnetv3_160": (3, 1.6),
-}
 
 Weights = str | os.PathLike | Mapping[str, Tensor] | None
 

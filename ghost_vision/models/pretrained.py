@@ -42,6 +42,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor
 
+from .variants import VARIANTS
 from .weights import read_state_dict
 
 __all__ = [
@@ -135,8 +136,6 @@ def register_weights(
         ...                      url="file:///data/ckpt/ghostnet_050_in1k.pth", top1=66.0)
         >>> # create_ghostnet("ghostnet_050", weights="ghostnet_050.mine")
     """
-    from .factory import VARIANTS
-
     if variant not in VARIANTS:
         raise ValueError(f"register_weights({name!r}): unknown variant {variant!r}; choose one of {list(VARIANTS)}")
     if urlparse(url).scheme not in ("http", "https", "file"):

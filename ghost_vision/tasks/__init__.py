@@ -3,10 +3,11 @@
 :func:`load_task` loads any task checkpoint with the task class it records.
 """
 
-from .base import BaseTask, NonFiniteLossError, load_task
+from .base import BaseTask, NonFiniteLossError
 from .callbacks import DrawPredictions, TrainingCurves
 from .common import build_model
 from .detection import DetectionTask
+from .loading import load_task
 from .segmentation import SegmentationTask
 
 __all__ = [
