@@ -57,24 +57,10 @@ class CocoDataModule(_DetectionDataModule):
         *,
         train_split: str = "train2017",
         val_split: str = "val2017",
-        batch_size: int = 16,
-        val_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        image_size: int = 320,
-        train_transform: str | None = "det_train",
-        eval_transform: str | None = None,
-        train_transform_kwargs: dict[str, Any] | None = None,
-        eval_transform_kwargs: dict[str, Any] | None = None,
         remove_empty: bool = True,
-        skip_corrupt: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory,
-            skip_corrupt=skip_corrupt, image_size=image_size, train_transform=train_transform,
-            eval_transform=eval_transform, train_transform_kwargs=train_transform_kwargs,
-            eval_transform_kwargs=eval_transform_kwargs,
-        )
+        super().__init__(**kwargs)
         self.root = Path(root).expanduser().absolute()
         self.train_split = train_split
         self.val_split = val_split
@@ -164,24 +150,10 @@ class VOCDetectionDataModule(_DetectionDataModule):
         val_image_set: str = "test",
         classes: tuple[str, ...] | None = None,
         keep_difficult_train: bool = False,
-        batch_size: int = 16,
-        val_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        image_size: int = 320,
-        train_transform: str | None = "det_train",
-        eval_transform: str | None = None,
-        train_transform_kwargs: dict[str, Any] | None = None,
-        eval_transform_kwargs: dict[str, Any] | None = None,
-        skip_corrupt: bool = False,
         ignore_unknown_classes: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory,
-            skip_corrupt=skip_corrupt, image_size=image_size, train_transform=train_transform,
-            eval_transform=eval_transform, train_transform_kwargs=train_transform_kwargs,
-            eval_transform_kwargs=eval_transform_kwargs,
-        )
+        super().__init__(**kwargs)
         from .voc import VOC_CLASSES
 
         self.ignore_unknown_classes = ignore_unknown_classes
@@ -240,25 +212,9 @@ class VOCSegmentationDataModule(_SegmentationDataModule):
         train_image_set: str = "train",
         val_image_set: str = "val",
         classes: tuple[str, ...] | None = None,
-        batch_size: int = 8,
-        val_batch_size: int | None = 1,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        crop_size: int = 512,
-        scale: tuple[float, float] = (0.5, 2.0),
-        eval_size: int | tuple[int, int] | None = None,
-        train_transform: str | None = "seg_train",
-        eval_transform: str | None = "seg_eval",
-        train_transform_kwargs: dict[str, Any] | None = None,
-        eval_transform_kwargs: dict[str, Any] | None = None,
-        skip_corrupt: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory,
-            skip_corrupt=skip_corrupt, crop_size=crop_size, scale=scale, eval_size=eval_size,
-            train_transform=train_transform, eval_transform=eval_transform,
-            train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
-        )
+        super().__init__(**kwargs)
         from .voc import VOC_CLASSES
 
         self.root = Path(root).expanduser().absolute()
@@ -312,25 +268,10 @@ class CityscapesDataModule(_SegmentationDataModule):
         *,
         train_split: str = "train",
         val_split: str = "val",
-        batch_size: int = 8,
-        val_batch_size: int | None = 1,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        crop_size: int = 768,
-        scale: tuple[float, float] = (0.5, 2.0),
-        eval_size: int | tuple[int, int] | None = None,
-        train_transform: str | None = "seg_train",
-        eval_transform: str | None = "seg_eval",
-        train_transform_kwargs: dict[str, Any] | None = None,
-        eval_transform_kwargs: dict[str, Any] | None = None,
-        skip_corrupt: bool = False,
+        crop_size: int | tuple[int, int] = 768,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory,
-            skip_corrupt=skip_corrupt, crop_size=crop_size, scale=scale, eval_size=eval_size,
-            train_transform=train_transform, eval_transform=eval_transform,
-            train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
-        )
+        super().__init__(crop_size=crop_size, **kwargs)
         from .cityscapes import CITYSCAPES_CLASSES
 
         self.root = Path(root).expanduser().absolute()

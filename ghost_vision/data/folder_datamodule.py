@@ -38,18 +38,9 @@ class SegmentationFolderDataModule(_SegmentationDataModule):
         ignore_index: mask value of unlabelled pixels (becomes 255; 255 is always ignored).
         reduce_zero_label: ADE20K style: 0 is ignored, 1..K become 0..K-1.
         palette: RGB colour per mask value, to read colour (RGB) masks.
-        batch_size: training batch size per process.
-        val_batch_size: validation batch size (1: images differ in size unless eval_size is set).
-        num_workers: DataLoader worker processes.
-        pin_memory: pin host memory for faster GPU copies.
-        crop_size: training crop (seg_train preset).
-        scale: training random scale range (seg_train preset).
-        eval_size: resize for evaluation (seg_eval preset); None keeps the file's size.
-        train_transform: training preset name (seg_train, none).
-        eval_transform: evaluation preset name (seg_eval, none).
-        train_transform_kwargs: extra keyword arguments of the training preset.
-        eval_transform_kwargs: extra keyword arguments of the evaluation preset.
-        skip_corrupt: skip unreadable or invalid samples (counted and logged) instead of stopping.
+        **kwargs: the shared options (``batch_size``, ``val_batch_size``, ``num_workers``, ``pin_memory``,
+            ``crop_size``, ``scale``, ``eval_size``, ``train_transform``/``eval_transform`` and their
+            ``*_kwargs``, ``skip_corrupt``; see ``_SegmentationDataModule`` and ``_BaseDataModule``).
 
     Example:
         >>> dm = SegmentationFolderDataModule("data/camvid", classes=[f"c{i}" for i in range(11)],
@@ -75,25 +66,9 @@ class SegmentationFolderDataModule(_SegmentationDataModule):
         ignore_index: int | None = 255,
         reduce_zero_label: bool = False,
         palette: list[tuple[int, int, int]] | None = None,
-        batch_size: int = 8,
-        val_batch_size: int | None = 1,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        crop_size: int = 512,
-        scale: tuple[float, float] = (0.5, 2.0),
-        eval_size: int | tuple[int, int] | None = None,
-        train_transform: str | None = "seg_train",
-        eval_transform: str | None = "seg_eval",
-        train_transform_kwargs: dict[str, Any] | None = None,
-        eval_transform_kwargs: dict[str, Any] | None = None,
-        skip_corrupt: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory,
-            skip_corrupt=skip_corrupt, crop_size=crop_size, scale=scale, eval_size=eval_size,
-            train_transform=train_transform, eval_transform=eval_transform,
-            train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
-        )
+        super().__init__(**kwargs)
         from .folder import check_classes
 
         self.root = Path(root).expanduser().absolute()

@@ -86,10 +86,23 @@ def build_preset(preset: str | None, defaults: dict[str, Any], extra: dict[str, 
 class _BaseDataModule(L.LightningDataModule):
     """Loader, corrupt-sample and transform options shared by every DataModule.
 
-    Every option is keyword-only: subclasses forward them by name (``batch_size=batch_size``), so no
-    reordering of a signature can send a value to the wrong option. Subclasses still list each option, typed
-    and with their own default, in their own ``__init__`` so that LightningCLI shows it in ``--help`` and
-    ``--print_config``.
+    Every option is keyword-only and listed once, here and in the two family classes below (with each
+    family's defaults). A DataModule lists only its own options and forwards the rest as ``**kwargs``;
+    LightningCLI (jsonargparse) follows ``super().__init__(**kwargs)`` and still shows every option, typed
+    and with its default, in ``--help`` and ``--print_config``. A subclass that wants another default (the
+    synthetic sets: ``num_workers=2``) lists that one option and passes it on by name.
+
+    Args:
+        batch_size: training batch size per process.
+        val_batch_size: validation batch size (``None``: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory for faster GPU copies.
+        skip_corrupt: skip unreadable or invalid samples (counted and logged) instead of stopping.
+        train_transform: training preset name (``ghost_vision.data.transforms.build_transforms``; ``None``
+            or ``"none"``: no transform).
+        eval_transform: evaluation preset name.
+        train_transform_kwargs: extra keyword arguments of the training preset.
+        eval_transform_kwargs: extra keyword arguments of the evaluation preset.
     """
 
     _collate = None
@@ -98,15 +111,15 @@ class _BaseDataModule(L.LightningDataModule):
     def __init__(
         self,
         *,
-        batch_size: int,
-        val_batch_size: int | None,
-        num_workers: int,
-        pin_memory: bool,
-        skip_corrupt: bool,
-        train_transform: str | None,
-        eval_transform: str | None,
-        train_transform_kwargs: dict[str, Any] | None,
-        eval_transform_kwargs: dict[str, Any] | None,
+        batch_size: int = 16,
+        val_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        skip_corrupt: bool = False,
+        train_transform: str | None = None,
+        eval_transform: str | None = None,
+        train_transform_kwargs: dict[str, Any] | None = None,
+        eval_transform_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.train_transform = train_transform
@@ -157,12 +170,23 @@ class _BaseDataModule(L.LightningDataModule):
 
 
 class _DetectionDataModule(_BaseDataModule):
-    """Adds ``image_size`` (the default size of the detection presets); all options keyword-only."""
+    """Detection defaults (``det_train`` preset, batch 16) and ``image_size``, the size of the detection
+    presets; the other options are :class:`_BaseDataModule`'s.
+
+    Args:
+        image_size: output size of the detection presets (``det_train`` crops/resizes to it).
+        train_transform: training preset name.
+        eval_transform: evaluation preset name (``None``: images as they are, the model resizes).
+        **options: the shared options of :class:`_BaseDataModule`.
+    """
 
     _collate = staticmethod(detection_collate)
 
-    def __init__(self, *, image_size: int, **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(
+        self, *, image_size: int = 320, train_transform: str | None = "det_train", eval_transform: str | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(train_transform=train_transform, eval_transform=eval_transform, **options)
         self.image_size = image_size
 
     def train_transforms_fn(self):
@@ -178,7 +202,20 @@ class _DetectionDataModule(_BaseDataModule):
 
 
 class _SegmentationDataModule(_BaseDataModule):
-    """Adds ``crop_size``, ``scale`` (``seg_train``) and ``eval_size`` (``seg_eval``); all options keyword-only."""
+    """Segmentation defaults (``seg_train``/``seg_eval`` presets, batch 8, validation batch 1: eval images
+    differ in size) and ``crop_size``/``scale`` (``seg_train``), ``eval_size`` (``seg_eval``; ``None`` keeps
+    the file's size); the other options are :class:`_BaseDataModule`'s.
+
+    Args:
+        crop_size: training crop (``seg_train`` preset).
+        scale: training random scale range (``seg_train`` preset).
+        eval_size: resize for evaluation (``seg_eval`` preset); ``None`` keeps the file's size.
+        batch_size: training batch size per process.
+        val_batch_size: validation batch size (1: eval images differ in size unless ``eval_size`` is set).
+        train_transform: training preset name.
+        eval_transform: evaluation preset name.
+        **options: the shared options of :class:`_BaseDataModule`.
+    """
 
     _collate = staticmethod(segmentation_collate)
     _index_eval = True
@@ -186,12 +223,17 @@ class _SegmentationDataModule(_BaseDataModule):
     def __init__(
         self,
         *,
-        crop_size: int | tuple[int, int],
-        scale: tuple[float, float],
-        eval_size: int | tuple[int, int] | None,
+        crop_size: int | tuple[int, int] = 512,
+        scale: tuple[float, float] = (0.5, 2.0),
+        eval_size: int | tuple[int, int] | None = None,
+        batch_size: int = 8,
+        val_batch_size: int | None = 1,
+        train_transform: str | None = "seg_train",
+        eval_transform: str | None = "seg_eval",
         **options: Any,
     ) -> None:
-        super().__init__(**options)
+        super().__init__(batch_size=batch_size, val_batch_size=val_batch_size, train_transform=train_transform,
+                         eval_transform=eval_transform, **options)
         self.crop_size = crop_size
         self.scale = tuple(scale)
         self.eval_size = eval_size

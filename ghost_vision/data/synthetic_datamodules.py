@@ -90,23 +90,12 @@ class SyntheticCocoDataModule(_WritesSyntheticData, CocoDataModule):
         num_val: int = 50,
         seed: int = 0,
         *,
-        batch_size: int = 16,
-        val_batch_size: int | None = None,
         num_workers: int = 2,
         pin_memory: bool = False,
-        image_size: int = 320,
-        train_transform: str | None = "det_train",
-        eval_transform: str | None = None,
-        train_transform_kwargs: dict[str, Any] | None = None,
-        eval_transform_kwargs: dict[str, Any] | None = None,
-        skip_corrupt: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, train_split="train2017", val_split="val2017", batch_size=batch_size, val_batch_size=val_batch_size,
-            num_workers=num_workers, pin_memory=pin_memory, image_size=image_size, train_transform=train_transform,
-            eval_transform=eval_transform, train_transform_kwargs=train_transform_kwargs,
-            eval_transform_kwargs=eval_transform_kwargs, remove_empty=False, skip_corrupt=skip_corrupt,
-        )
+        super().__init__(root, train_split="train2017", val_split="val2017", remove_empty=False,
+                         num_workers=num_workers, pin_memory=pin_memory, **kwargs)
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
 
     @property
@@ -136,24 +125,13 @@ class SyntheticVOCDetectionDataModule(_WritesSyntheticData, VOCDetectionDataModu
         num_val: int = 50,
         seed: int = 0,
         *,
-        batch_size: int = 16,
-        val_batch_size: int | None = None,
         num_workers: int = 2,
         pin_memory: bool = False,
-        image_size: int = 320,
-        train_transform: str | None = "det_train",
-        eval_transform: str | None = None,
-        train_transform_kwargs: dict[str, Any] | None = None,
-        eval_transform_kwargs: dict[str, Any] | None = None,
-        skip_corrupt: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, train_years=("2007",), train_image_set="train", val_years=("2007",), val_image_set="val",
-            classes=SYNTHETIC_CLASSES, skip_corrupt=skip_corrupt, batch_size=batch_size,
-            val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory, image_size=image_size,
-            train_transform=train_transform, eval_transform=eval_transform,
-            train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
-        )
+        super().__init__(root, train_years=("2007",), train_image_set="train", val_years=("2007",),
+                         val_image_set="val", classes=SYNTHETIC_CLASSES, num_workers=num_workers,
+                         pin_memory=pin_memory, **kwargs)
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
 
 
@@ -175,26 +153,14 @@ class SyntheticVOCSegmentationDataModule(_WritesSyntheticData, VOCSegmentationDa
         num_val: int = 50,
         seed: int = 0,
         *,
-        batch_size: int = 8,
-        val_batch_size: int | None = 1,
         num_workers: int = 2,
         pin_memory: bool = False,
-        crop_size: int = 256,
-        scale: tuple[float, float] = (0.5, 2.0),
-        eval_size: int | tuple[int, int] | None = None,
-        train_transform: str | None = "seg_train",
-        eval_transform: str | None = "seg_eval",
-        train_transform_kwargs: dict[str, Any] | None = None,
-        eval_transform_kwargs: dict[str, Any] | None = None,
-        skip_corrupt: bool = False,
+        crop_size: int | tuple[int, int] = 256,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, year="2007", train_image_set="train", val_image_set="val", classes=SYNTHETIC_CLASSES,
-            skip_corrupt=skip_corrupt, batch_size=batch_size, val_batch_size=val_batch_size,
-            num_workers=num_workers, pin_memory=pin_memory, crop_size=crop_size, scale=scale, eval_size=eval_size,
-            train_transform=train_transform, eval_transform=eval_transform,
-            train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
-        )
+        super().__init__(root, year="2007", train_image_set="train", val_image_set="val",
+                         classes=SYNTHETIC_CLASSES, num_workers=num_workers, pin_memory=pin_memory,
+                         crop_size=crop_size, **kwargs)
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
 
 
@@ -215,25 +181,13 @@ class SyntheticCityscapesDataModule(_WritesSyntheticData, CityscapesDataModule):
         num_val: int = 30,
         seed: int = 0,
         *,
-        batch_size: int = 8,
-        val_batch_size: int | None = 1,
         num_workers: int = 2,
         pin_memory: bool = False,
-        crop_size: int = 256,
-        scale: tuple[float, float] = (0.5, 2.0),
-        eval_size: int | tuple[int, int] | None = None,
-        train_transform: str | None = "seg_train",
-        eval_transform: str | None = "seg_eval",
-        train_transform_kwargs: dict[str, Any] | None = None,
-        eval_transform_kwargs: dict[str, Any] | None = None,
-        skip_corrupt: bool = False,
+        crop_size: int | tuple[int, int] = 256,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, train_split="train", val_split="val", skip_corrupt=skip_corrupt, batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
-            pin_memory=pin_memory, crop_size=crop_size, scale=scale, eval_size=eval_size,
-            train_transform=train_transform, eval_transform=eval_transform,
-            train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
-        )
+        super().__init__(root, train_split="train", val_split="val", num_workers=num_workers,
+                         pin_memory=pin_memory, crop_size=crop_size, **kwargs)
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
 
 
@@ -258,23 +212,11 @@ class SyntheticSegmentationFolderDataModule(_WritesSyntheticData, SegmentationFo
         num_val: int = 50,
         seed: int = 0,
         *,
-        batch_size: int = 8,
-        val_batch_size: int | None = 1,
         num_workers: int = 2,
         pin_memory: bool = False,
-        crop_size: int = 256,
-        scale: tuple[float, float] = (0.5, 2.0),
-        eval_size: int | tuple[int, int] | None = None,
-        train_transform: str | None = "seg_train",
-        eval_transform: str | None = "seg_eval",
-        train_transform_kwargs: dict[str, Any] | None = None,
-        eval_transform_kwargs: dict[str, Any] | None = None,
-        skip_corrupt: bool = False,
+        crop_size: int | tuple[int, int] = 256,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root, classes=SYNTHETIC_FOLDER_CLASSES, skip_corrupt=skip_corrupt, batch_size=batch_size,
-            val_batch_size=val_batch_size, num_workers=num_workers, pin_memory=pin_memory, crop_size=crop_size,
-            scale=scale, eval_size=eval_size, train_transform=train_transform, eval_transform=eval_transform,
-            train_transform_kwargs=train_transform_kwargs, eval_transform_kwargs=eval_transform_kwargs,
-        )
+        super().__init__(root, classes=SYNTHETIC_FOLDER_CLASSES, num_workers=num_workers, pin_memory=pin_memory,
+                         crop_size=crop_size, **kwargs)
         self.num_train, self.num_val, self.seed = num_train, num_val, seed

@@ -138,15 +138,25 @@ def test_collate_and_indexed_dataset_are_picklable():
     assert wrapped[1] == ("z", "w", 1) and len(wrapped) == 2
 
 
+def _cli_defaults(cls) -> dict:
+    """Every option of ``cls`` with its default as LightningCLI resolves it (jsonargparse follows the
+    ``**kwargs`` each DataModule forwards to its base classes)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "data")
+    return vars(parser.get_defaults().data)
+
+
 def _shared_options(cls) -> dict:
     """A distinct, non-default value for every shared option ``cls`` takes."""
-    params = inspect.signature(cls.__init__).parameters
+    params = _cli_defaults(cls)
     values = {"batch_size": 7, "val_batch_size": 3, "num_workers": 5, "skip_corrupt": True,
               "train_transform": "none", "eval_transform": "seg_eval", "train_transform_kwargs": {"seed": 11},
               "eval_transform_kwargs": {"seed": 12}, "image_size": 123, "crop_size": 77, "scale": (0.3, 0.9),
               "eval_size": 55}
     out = {k: v for k, v in values.items() if k in params}
-    out["pin_memory"] = not params["pin_memory"].default
+    out["pin_memory"] = not params["pin_memory"]
     return out
 
 
@@ -163,6 +173,27 @@ def test_every_shared_option_reaches_its_attribute(cls, tmp_path):
     # keyword-only after root: a value passed by position cannot silently land on another option
     with pytest.raises(TypeError):
         cls(str(tmp_path / "x"), *([None] * 6), **required)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_defaults_seen_by_the_cli_are_the_ones_used(cls, tmp_path):
+    """What ``--print_config`` shows as a default is what the DataModule gets when the option is left out
+    (the synthetic sets' own ``num_workers=2``/``pin_memory=False``, Cityscapes' ``crop_size=768``)."""
+    defaults = _cli_defaults(cls)
+    required = {"classes": ("a", "b")} if cls is SegmentationFolderDataModule else {}
+    dm = cls(root=str(tmp_path / "x"), **required)
+    shared = {"batch_size", "val_batch_size", "num_workers", "pin_memory", "skip_corrupt", "train_transform",
+              "eval_transform", "image_size", "crop_size", "scale", "eval_size"}
+    checked = {name for name in shared if name in defaults}
+    assert {"batch_size", "num_workers", "pin_memory", "train_transform"} <= checked
+    for name in checked:
+        expected = defaults[name] if defaults[name] is not None or name != "val_batch_size" else defaults["batch_size"]
+        got = getattr(dm, name)
+        assert got == (tuple(expected) if name == "scale" else expected), (cls.__name__, name, got, expected)
+    synthetic = cls.__name__.startswith("Synthetic")
+    assert (defaults["num_workers"], defaults["pin_memory"]) == ((2, False) if synthetic else (4, True))
+    if cls is CityscapesDataModule:
+        assert defaults["crop_size"] == 768
 
 
 def test_base_classes_take_keywords_only():

@@ -47,7 +47,8 @@ def test_data_options_are_overridable_and_typed(capsys):
     with pytest.raises(SystemExit):
         train(["--config", config, "--data.help", "ghost_vision.data.SyntheticCocoDataModule"])
     help_text = capsys.readouterr().out.split("Help for --data.help")[-1]
-    types = dict(re.findall(r"--data\.(\w+)[^(]*\(type: (.+?), default:", help_text))
+    # each option's help: its flag, its description (from the docstrings, may hold parentheses), its type
+    types = dict(re.findall(r"--data\.(\w+)(?:(?!--data\.).)*?\(type:\s+(.+?),\s+default:", help_text, re.S))
     assert {k: types.get(k) for k in ("batch_size", "val_batch_size", "skip_corrupt", "pin_memory",
                                       "train_transform", "image_size")} == {
         "batch_size": "int", "val_batch_size": "int | null", "skip_corrupt": "bool", "pin_memory": "bool",
