@@ -146,7 +146,9 @@ class GhostNetFeatures(_GhostTrunk):
     the deepest requested level are not built.
 
     Args:
-        version, width, in_chans: as for :class:`GhostNet`.
+        version: 1, 2 or 3, as for :class:`GhostNet`.
+        width: width multiplier, as for :class:`GhostNet`.
+        in_chans: input channels.
         out_indices: feature levels to return, each in 0..4.
         output_stride: 32, 16 or 8; below 32 the later strides become dilation (same weights).
         frozen_stages: -1 freezes nothing; 0 the stem; ``k >= 1`` the stem and ``blocks.0 .. blocks.k-1``
