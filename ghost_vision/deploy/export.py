@@ -113,7 +113,7 @@ def exportable(model: nn.Module) -> tuple[nn.Module, bool]:
 
     Example:
         >>> from torchvision.models.detection import ssdlite320_mobilenet_v3_large
-        >>> net, dynamic_size = exportable(ssdlite320_mobilenet_v3_large(num_classes=3).eval())
+        >>> net, dynamic_size = exportable(ssdlite320_mobilenet_v3_large(num_classes=3, weights_backbone=None).eval())
         >>> type(net).__name__, dynamic_size
         ('SSDHeadOutputs', False)
     """
