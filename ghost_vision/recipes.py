@@ -36,7 +36,12 @@ def recipe_summary(path: str | os.PathLike) -> str:
 
 
 def list_recipes() -> dict[str, str]:
-    """``{name: one-line description}`` of every packaged recipe, sorted by name."""
+    """``{name: one-line description}`` of every packaged recipe, sorted by name.
+
+    Example:
+        >>> "ssdlite_ghost_shapes" in list_recipes()
+        True
+    """
     return {p.stem: recipe_summary(p) for p in sorted(RECIPES_DIR.glob("*.yaml"))}
 
 
@@ -45,6 +50,10 @@ def recipe_path(name_or_path: str | os.PathLike) -> Path:
 
     Raises:
         FileNotFoundError: neither a file nor a packaged recipe; the message lists the recipes.
+
+    Example:
+        >>> recipe_path("ssdlite_ghost_shapes").name
+        'ssdlite_ghost_shapes.yaml'
     """
     path = Path(name_or_path)
     if path.is_file():

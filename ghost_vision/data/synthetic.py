@@ -139,6 +139,12 @@ def write_synthetic_coco(
 
     Image ids are non-sequential (train ``10 i + 7``, val ``500000 + 10 i + 3``); every 25th image holds a
     crowd region (``iscrowd=1``, uncompressed RLE); other annotations carry compressed-RLE masks.
+
+    Example:
+        >>> import tempfile
+        >>> root = write_synthetic_coco(tempfile.mkdtemp(), num_train=2, num_val=1)
+        >>> sorted(p.name for p in (root / "annotations").iterdir()), len(list((root / "train2017").iterdir()))
+        (['instances_train2017.json', 'instances_val2017.json'], 2)
     """
 
     def write(tmp: Path) -> None:
@@ -222,6 +228,12 @@ def write_synthetic_voc(
     ``JPEGImages``, ``Annotations`` (objects whose larger side is under 6 % of the image's are
     ``difficult``), ``SegmentationClass`` palette PNGs (0 background, 1..4 shapes, 255 on a 1-px border
     around each shape as in VOC) and ``ImageSets/{Main,Segmentation}/{train,val,trainval}.txt``.
+
+    Example:
+        >>> import tempfile
+        >>> root = write_synthetic_voc(tempfile.mkdtemp(), num_train=2, num_val=1)
+        >>> sorted(p.name for p in (root / "VOC2007").iterdir())
+        ['Annotations', 'ImageSets', 'JPEGImages', 'SegmentationClass']
     """
 
     def write(tmp: Path) -> None:

@@ -75,6 +75,13 @@ def freeze_network(model: nn.Module) -> tuple[nn.Module, list[str]]:
     Returns:
         ``(model, kept_eager)``: the frozen model (a ``ScriptModule`` unless it is a detector or did not script
         as a whole) and the modules that stayed eager, each with the reason.
+
+    Example:
+        >>> import torch
+        >>> from ghost_vision.models import ghostnet_050
+        >>> frozen, eager = freeze_network(ghostnet_050().eval())
+        >>> isinstance(frozen, torch.jit.ScriptModule), eager
+        (True, [])
     """
     kept: list[str] = []
     if not _is_detector(model):

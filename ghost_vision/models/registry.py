@@ -115,7 +115,12 @@ def list_models(kind: str | None = None) -> list[str]:
 
 
 def model_kind(name: str) -> str | None:
-    """The kind of a listed name, ``None`` for anything else."""
+    """The kind of a listed name, ``None`` for anything else.
+
+    Example:
+        >>> model_kind("ssdlite320_ghostnet"), model_kind("ghostnetv3_100"), model_kind("resnet50")
+        ('detector', 'backbone', None)
+    """
     return _registered().get(name)
 
 
