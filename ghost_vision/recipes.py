@@ -25,7 +25,12 @@ RECIPES_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def recipe_summary(path: str | os.PathLike) -> str:
-    """The recipe's one-line description: its first ``# ...`` comment line ('' when there is none)."""
+    """The recipe's one-line description: its first ``# ...`` comment line ('' when there is none).
+
+    Example:
+        >>> recipe_summary(recipe_path("ssdlite_ghost_shapes")).startswith("SSDLite-GhostNet")
+        True
+    """
     for line in Path(path).read_text().splitlines():
         line = line.strip()
         if line.startswith("#"):

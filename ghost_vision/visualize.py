@@ -90,7 +90,14 @@ def draw_segmentation(image: Tensor, mask: Tensor, *, num_classes: int, alpha: f
 
 
 def save_image(images: Tensor | Sequence[Tensor], path: str | Path, *, nrow: int = 4) -> Path:
-    """Write one uint8 image or a grid of them (padded to the largest size) as PNG."""
+    """Write one uint8 image or a grid of them (padded to the largest size) as PNG.
+
+    Example:
+        >>> import tempfile, torch
+        >>> images = [torch.zeros(3, 32, 48, dtype=torch.uint8), torch.full((3, 40, 40), 255, dtype=torch.uint8)]
+        >>> save_image(images, f"{tempfile.mkdtemp()}/grid.png").suffix
+        '.png'
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(images, Tensor) and images.ndim == 3:

@@ -53,6 +53,39 @@ def test_docstring_examples_run(module: str, one_torch_thread) -> None:
     assert result.failed == 0, f"{result.failed} docstring example(s) of {module} failed (output above)"
 
 
+PUBLIC_MODULES = ["ghost_vision.models", "ghost_vision.models.detection", "ghost_vision.models.segmentation",
+                  "ghost_vision.models.registry", "ghost_vision.models.pretrained", "ghost_vision.models.weights",
+                  "ghost_vision.data", "ghost_vision.metrics", "ghost_vision.tasks", "ghost_vision.deploy",
+                  "ghost_vision.deploy.export", "ghost_vision.commands", "ghost_vision.cli", "ghost_vision.recipes",
+                  "ghost_vision.visualize"]
+# Public names whose own docstring has no example, and why; everything else exported must show one.
+NO_EXAMPLE = {
+    "load_named_weights": "downloads (its callers' examples show the names)",
+    **dict.fromkeys(["DeepLabLiteHead", "DeepLabPlusDecoder", "LiteASPP", "SeparableConvBnReLU"],
+                    "parts built by deeplabv3_ghostnet, whose example runs them"),
+    **dict.fromkeys(["ConcatFreeGhostModule", "FastGhostBottleneck", "FastSqueezeExcite", "FusedGhostModule",
+                     "FusedGhostModuleV2"], "made by fuse_model / optimize_for_onnx, whose examples run them"),
+    **dict.fromkeys(["DetectorNetwork", "TupleOutputs"], "made by exportable, whose example runs it"),
+    "ort_session": "run in export_onnx's example",
+    "BaseTask": "abstract; DetectionTask and SegmentationTask show it",
+    **dict.fromkeys(["DrawPredictions", "TrainingCurves", "GhostCLI", "evaluate", "run", "plot_curves"],
+                    "Lightning/CLI glue, run by the training guide's example and tests/tasks"),
+}
+
+
+def test_every_public_class_and_function_has_an_example() -> None:
+    missing = set()
+    for name in PUBLIC_MODULES:
+        module = importlib.import_module(name)
+        for attr in module.__all__:
+            obj = getattr(module, attr)
+            if not callable(obj) or (isinstance(obj, type) and issubclass(obj, BaseException)):
+                continue  # constants, and exceptions (shown where they are raised)
+            if ">>>" not in (obj.__doc__ or "") and attr not in NO_EXAMPLE:
+                missing.add(f"{name}.{attr}")
+    assert not missing, f"public names without an Example: doctest: {sorted(missing)}"
+
+
 # ----------------------------------------------------------------------------------------- guide code
 def _page_param(page: Path):
     marks = [pytest.mark.slow] if page.name in SLOW_PAGES else []

@@ -45,7 +45,14 @@ __all__ = [
 
 
 def flatten_outputs(out: Any) -> list[Tensor]:
-    """Tensors of a nested output (dicts in key order, lists/tuples in order)."""
+    """Tensors of a nested output (dicts in key order, lists/tuples in order).
+
+    Example:
+        >>> import torch
+        >>> out = {"boxes": torch.zeros(2, 4), "scores": [torch.zeros(2), torch.ones(1)]}
+        >>> [tuple(t.shape) for t in flatten_outputs(out)]
+        [(2, 4), (2,), (1,)]
+    """
     if isinstance(out, Tensor):
         return [out]
     if isinstance(out, dict):

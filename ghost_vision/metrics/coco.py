@@ -88,6 +88,12 @@ def detections_to_coco_results(
 
     Boxes become ``[x1, y1, x2 - x1, y2 - y1]`` computed in float64 and stored as Python floats (exact: no
     rounding beyond what float64 subtraction does, which is what any float64 pipeline computes).
+
+    Example:
+        >>> import torch
+        >>> detections_to_coco_results([torch.tensor([[10.0, 20.0, 60.0, 50.0]])], [torch.tensor([0.5])],
+        ...                            [torch.tensor([1])], image_ids=[7], label_to_cat_id={1: 18})
+        [{'image_id': 7, 'category_id': 18, 'bbox': [10.0, 20.0, 50.0, 30.0], 'score': 0.5}]
     """
     results: list[dict[str, Any]] = []
     for b, s, lab, img_id in zip(boxes, scores, labels, image_ids, strict=True):

@@ -98,6 +98,14 @@ def voc_eval_class(
         gts: ``image_key -> (boxes M×4, difficult M bool)`` for every image seen (also without GT).
     Returns:
         ``(ap, rec, prec)``; ``ap`` is ``nan`` when there is no non-difficult GT (``npos == 0``).
+
+    Example:
+        >>> import numpy as np
+        >>> gts = {"img1": (np.array([[0.0, 0.0, 10.0, 10.0]]), np.array([False]))}
+        >>> dets = [("img1", np.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]), np.array([0.9, 0.8]))]
+        >>> ap, rec, prec = voc_eval_class(dets, gts)
+        >>> round(ap, 4), rec.tolist(), prec.tolist()
+        (1.0, [1.0, 1.0], [1.0, 0.5])
     """
     npos = int(sum(int((~np.asarray(d, dtype=bool)).sum()) for _, d in gts.values()))
     keys = [k for k, b, _ in dets for _ in range(len(b))]

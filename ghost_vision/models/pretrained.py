@@ -282,7 +282,15 @@ def skip_weight_loading() -> Iterator[None]:
 
 
 def weight_loading_skipped() -> bool:
-    """True inside :func:`skip_weight_loading`."""
+    """True inside :func:`skip_weight_loading`.
+
+    Example:
+        >>> with skip_weight_loading():
+        ...     weight_loading_skipped()
+        True
+        >>> weight_loading_skipped()
+        False
+    """
     return _SKIP_LOADING.get()
 
 
