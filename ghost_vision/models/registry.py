@@ -8,7 +8,7 @@ Kinds:
   :func:`~ghost_vision.models.create_ghostnet`).
 * ``"detector"``: SSDLite and the FPN detectors (Faster R-CNN, RetinaNet, FCOS).
 * ``"segmenter"``: DeepLab-lite and LR-ASPP.
-* ``"peer"``: torchvision's MobileNetV3 counterparts the README compares with, plus
+* ``"peer"``: torchvision's MobileNetV3 counterparts the benchmarks (docs/benchmarks.md) compare with, plus
   ``mobilenet_v3_large_features`` (the trunk, peer of the GhostNet feature backbone).
 
 Like the GhostNet builders, a peer is randomly initialised unless asked otherwise: ``weights`` and

@@ -271,7 +271,7 @@ def deeplabv3_ghostnet(
 
     A separable-ASPP DeepLabV3 (DeepLabV3+ with ``decoder=True``). At 512x1024 with 19 classes it needs
     5.50 G MACs and 3.45 M parameters, 0.28x the MACs of torchvision's ``deeplabv3_mobilenet_v3_large``
-    (19.65 G, 11.0 M); the README section "Semantic segmentation" has the table.
+    (19.65 G, 11.0 M); docs/segmentation.md has the table.
 
     Unlike torchvision's segmentation models it takes **[0, 1] RGB** and normalises with the ImageNet
     mean/std itself; pass ``normalize=False`` to feed already normalised tensors.

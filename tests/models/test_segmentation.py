@@ -13,7 +13,7 @@ from ghost_vision.models import create_ghostnet
 from ghost_vision.models import segmentation as seg
 from ghost_vision.models.segmentation import GhostDeepLabV3, GhostLRASPP, deeplabv3_ghostnet, lraspp_ghostnet
 
-# Measured with FlopCounterMode at 1x3x512x1024, num_classes=19 (MACs = flops / 2); see README.md, "Semantic segmentation".
+# Measured with FlopCounterMode at 1x3x512x1024, num_classes=19 (MACs = flops / 2); see docs/segmentation.md.
 DEEPLAB_MACS = 5_496_201_024
 LRASPP_MACS = 3_064_356_672
 
