@@ -113,7 +113,15 @@ def _flat(results: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    """A two-column table of metric names and values."""
+    """A two-column table of metric names and values.
+
+    Example:
+        >>> print(format_metrics({"map": 0.5, "map_50": 0.75}))
+        metric  value
+        ------  --------
+        map     0.5000
+        map_50  0.7500
+    """
     width = max((len(k) for k in metrics), default=6)
     lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  {'-' * 8}"]
     lines += [f"{k.ljust(width)}  {v:.4f}" if math.isfinite(v) else f"{k.ljust(width)}  {v}"

@@ -25,7 +25,12 @@ RECIPES_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def recipe_summary(path: str | os.PathLike) -> str:
-    """The recipe's one-line description: its first ``# ...`` comment line ('' when there is none)."""
+    """The recipe's one-line description: its first ``# ...`` comment line ('' when there is none).
+
+    Example:
+        >>> recipe_summary(recipe_path("ssdlite_ghost_shapes")).startswith("SSDLite-GhostNet")
+        True
+    """
     for line in Path(path).read_text().splitlines():
         line = line.strip()
         if line.startswith("#"):
@@ -36,7 +41,12 @@ def recipe_summary(path: str | os.PathLike) -> str:
 
 
 def list_recipes() -> dict[str, str]:
-    """``{name: one-line description}`` of every packaged recipe, sorted by name."""
+    """``{name: one-line description}`` of every packaged recipe, sorted by name.
+
+    Example:
+        >>> "ssdlite_ghost_shapes" in list_recipes()
+        True
+    """
     return {p.stem: recipe_summary(p) for p in sorted(RECIPES_DIR.glob("*.yaml"))}
 
 
@@ -45,6 +55,10 @@ def recipe_path(name_or_path: str | os.PathLike) -> Path:
 
     Raises:
         FileNotFoundError: neither a file nor a packaged recipe; the message lists the recipes.
+
+    Example:
+        >>> recipe_path("ssdlite_ghost_shapes").name
+        'ssdlite_ghost_shapes.yaml'
     """
     path = Path(name_or_path)
     if path.is_file():

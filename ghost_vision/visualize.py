@@ -37,7 +37,16 @@ def draw_detections(
     score_thresh: float = 0.3,
     width: int = 2,
 ) -> Tensor:
-    """Draw boxes with ``label score`` captions on a 3xHxW image (float [0,1] or uint8); returns uint8."""
+    """Draw boxes with ``label score`` captions on a 3xHxW image (float [0,1] or uint8); returns uint8.
+
+    Example:
+        >>> import torch
+        >>> prediction = {"boxes": torch.tensor([[4.0, 4.0, 40.0, 40.0]]), "labels": torch.tensor([1]),
+        ...               "scores": torch.tensor([0.9])}
+        >>> drawn = draw_detections(torch.rand(3, 64, 64), prediction, class_names=["background", "cat"])
+        >>> drawn.dtype, tuple(drawn.shape)
+        (torch.uint8, (3, 64, 64))
+    """
     img = _to_uint8(image)
     keep = prediction["scores"].detach().cpu() >= score_thresh if "scores" in prediction else None
     boxes = prediction["boxes"].detach().cpu().float()
@@ -61,7 +70,16 @@ def draw_detections(
 
 def draw_segmentation(image: Tensor, mask: Tensor, *, num_classes: int, alpha: float = 0.5,
                       ignore_index: int = 255) -> Tensor:
-    """Overlay a class-id mask (HxW) on a 3xHxW image; ``ignore_index`` pixels stay uncoloured."""
+    """Overlay a class-id mask (HxW) on a 3xHxW image; ``ignore_index`` pixels stay uncoloured.
+
+    Example:
+        >>> import torch
+        >>> mask = torch.zeros(64, 64, dtype=torch.int64)
+        >>> mask[10:30, 10:30] = 2
+        >>> drawn = draw_segmentation(torch.rand(3, 64, 64), mask, num_classes=3)
+        >>> drawn.dtype, tuple(drawn.shape)
+        (torch.uint8, (3, 64, 64))
+    """
     img = _to_uint8(image)
     mask = mask.detach().cpu()
     present = [c for c in range(num_classes) if c != ignore_index and bool((mask == c).any())]
@@ -72,7 +90,14 @@ def draw_segmentation(image: Tensor, mask: Tensor, *, num_classes: int, alpha: f
 
 
 def save_image(images: Tensor | Sequence[Tensor], path: str | Path, *, nrow: int = 4) -> Path:
-    """Write one uint8 image or a grid of them (padded to the largest size) as PNG."""
+    """Write one uint8 image or a grid of them (padded to the largest size) as PNG.
+
+    Example:
+        >>> import tempfile, torch
+        >>> images = [torch.zeros(3, 32, 48, dtype=torch.uint8), torch.full((3, 40, 40), 255, dtype=torch.uint8)]
+        >>> save_image(images, f"{tempfile.mkdtemp()}/grid.png").suffix
+        '.png'
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(images, Tensor) and images.ndim == 3:

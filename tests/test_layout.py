@@ -1,4 +1,4 @@
-"""The package's import direction (README "Layout"): tools -> cli -> tasks -> models / data / metrics, and
+"""The package's import direction (docs/design.md, "Layout"): tools -> cli -> tasks -> models / data / metrics, and
 deploy -> models. Checked on the source (every import statement, also inside functions; the only exception
 is a module ``__getattr__`` that keeps a deprecated name importable)."""
 

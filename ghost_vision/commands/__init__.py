@@ -62,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ``sys.argv`` is not rewritten: Lightning's DDP launcher starts the other ranks with the same command
     line, and they dispatch it the same way.
+
+    Example:
+        >>> main(["--version"])  # doctest: +ELLIPSIS
+        ghost-vision ...
+        0
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -36,7 +36,13 @@ for _name, _id, _tid in CITYSCAPES_LABELS:
 
 
 def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
-    """Map Cityscapes label ids to train ids 0..18; every other value (incl. -1 and >= 256) becomes 255."""
+    """Map Cityscapes label ids to train ids 0..18; every other value (incl. -1 and >= 256) becomes 255.
+
+    Example:
+        >>> import numpy as np
+        >>> label_ids_to_train_ids(np.array([7, 8, 26, 0, 300])).tolist()  # road, sidewalk, car, unlabeled, junk
+        [0, 1, 13, 255, 255]
+    """
     label_ids = np.asarray(label_ids)
     valid = (label_ids >= 0) & (label_ids < 256)
     return np.where(valid, _LUT[np.clip(label_ids, 0, 255)], 255).astype(np.uint8)

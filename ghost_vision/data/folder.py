@@ -98,7 +98,8 @@ class SegmentationFolder(SkippingDataset):
         classes: one name per mask value: value ``i`` is ``classes[i]`` (``classes[i - 1]`` with
             ``reduce_zero_label``); ``num_classes == len(classes)``. Include your background class if the
             masks label background.
-        img_suffix, seg_map_suffix: file name endings, e.g. ``"_leftImg8bit.png"`` / ``"_labelIds.png"``.
+        img_suffix: image file name ending, e.g. ``"_leftImg8bit.png"``.
+        seg_map_suffix: mask file name ending, e.g. ``"_labelIds.png"``.
         ignore_index: a mask value (as stored in the file) that means "not labelled", e.g. 11 for CamVid's
             void; it becomes 255. The value 255 is always ignored. ``None``: only 255.
         split_file: a text file of stems (one per line, no suffix) to use instead of every image found.

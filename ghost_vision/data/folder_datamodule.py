@@ -101,7 +101,7 @@ class SegmentationFolderDataModule(_SegmentationDataModule):
                 raise missing_data_error(
                     f"Segmentation folder ({key})", path,
                     f"Point data.root at your dataset and data.{key} at this folder relative to it "
-                    "(layout: README 'Train on your own data').",
+                    "(layout: docs/data.md, 'Train on your own data').",
                     FOLDER_RECIPE,
                 )
 

@@ -30,6 +30,14 @@ def detection_collate(batch: Sequence[tuple[Any, Any] | None]) -> tuple[tuple[An
 
     ``None`` entries (samples skipped as unreadable, ``skip_corrupt=True``) are dropped; a batch of nothing but
     skipped samples becomes ``None``, which the tasks' steps pass over.
+
+    Example:
+        >>> import torch
+        >>> batch = [(torch.zeros(3, 4, 5), {"labels": torch.tensor([1])}), None,  # None: a skipped sample
+        ...          (torch.zeros(3, 6, 5), {"labels": torch.tensor([2, 3])})]
+        >>> images, targets = detection_collate(batch)
+        >>> [tuple(image.shape) for image in images], [t["labels"].tolist() for t in targets]
+        ([(3, 4, 5), (3, 6, 5)], [[1], [2, 3]])
     """
     batch = [b for b in batch if b is not None]
     return tuple(zip(*batch, strict=True)) if batch else None
@@ -37,7 +45,16 @@ def detection_collate(batch: Sequence[tuple[Any, Any] | None]) -> tuple[tuple[An
 
 def segmentation_collate(batch: Sequence[tuple[Any, ...] | None]) -> Any:
     """``default_collate`` (stacked images and masks) after dropping skipped samples (``None``), as
-    :func:`detection_collate` does; ``None`` when nothing is left."""
+    :func:`detection_collate` does; ``None`` when nothing is left.
+
+    Example:
+        >>> import torch
+        >>> batch = [(torch.zeros(3, 4, 4), torch.zeros(4, 4, dtype=torch.int64)), None,
+        ...          (torch.ones(3, 4, 4), torch.ones(4, 4, dtype=torch.int64))]
+        >>> images, masks = segmentation_collate(batch)
+        >>> images.shape, masks.shape
+        (torch.Size([2, 3, 4, 4]), torch.Size([2, 4, 4]))
+    """
     batch = [b for b in batch if b is not None]
     return default_collate(batch) if batch else None
 

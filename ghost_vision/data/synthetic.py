@@ -139,6 +139,12 @@ def write_synthetic_coco(
 
     Image ids are non-sequential (train ``10 i + 7``, val ``500000 + 10 i + 3``); every 25th image holds a
     crowd region (``iscrowd=1``, uncompressed RLE); other annotations carry compressed-RLE masks.
+
+    Example:
+        >>> import tempfile
+        >>> root = write_synthetic_coco(tempfile.mkdtemp(), num_train=2, num_val=1)
+        >>> sorted(p.name for p in (root / "annotations").iterdir()), len(list((root / "train2017").iterdir()))
+        (['instances_train2017.json', 'instances_val2017.json'], 2)
     """
 
     def write(tmp: Path) -> None:
@@ -222,6 +228,12 @@ def write_synthetic_voc(
     ``JPEGImages``, ``Annotations`` (objects whose larger side is under 6 % of the image's are
     ``difficult``), ``SegmentationClass`` palette PNGs (0 background, 1..4 shapes, 255 on a 1-px border
     around each shape as in VOC) and ``ImageSets/{Main,Segmentation}/{train,val,trainval}.txt``.
+
+    Example:
+        >>> import tempfile
+        >>> root = write_synthetic_voc(tempfile.mkdtemp(), num_train=2, num_val=1)
+        >>> sorted(p.name for p in (root / "VOC2007").iterdir())
+        ['Annotations', 'ImageSets', 'JPEGImages', 'SegmentationClass']
     """
 
     def write(tmp: Path) -> None:
@@ -267,6 +279,12 @@ def write_synthetic_folder(
 
     Masks are grayscale (mode ``L``) PNGs indexing :data:`SYNTHETIC_FOLDER_CLASSES` (0 background, 1..4
     the shapes) with 255 on a 1-px border around each shape (ignored).
+
+    Example:
+        >>> import tempfile
+        >>> root = write_synthetic_folder(tempfile.mkdtemp(), num_train=2, num_val=1)
+        >>> sorted(str(p.relative_to(root)) for p in root.glob("*/val/*"))
+        ['images/val/val_00000.jpg', 'masks/val/val_00000.png']
     """
 
     def write(tmp: Path) -> None:
@@ -325,6 +343,12 @@ def write_synthetic_cityscapes(
     1) with shapes labelled person 24 / traffic sign 20 / car 26 / traffic light 19 by shape class, and one
     in seven shapes carrying a label id that maps to 255 (dynamic, guard rail, caravan, trailer).
     Images are about 2:1 (352-448 x 176-224); train cities ``aachen``/``bremen``, val ``frankfurt``.
+
+    Example:
+        >>> import tempfile
+        >>> root = write_synthetic_cityscapes(tempfile.mkdtemp(), num_train=1, num_val=1)
+        >>> sorted(p.name for p in (root / "gtFine" / "val" / "frankfurt").iterdir())[:1]
+        ['frankfurt_000000_000019_gtFine_labelIds.png']
     """
 
     def write(tmp: Path) -> None:

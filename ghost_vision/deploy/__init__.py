@@ -86,6 +86,16 @@ def optimize(
     Returns:
         The optimized model (a ``ScriptModule`` when scripted as a whole, a ``torch.compile`` wrapper when
         ``compile=True``).
+
+    Example:
+        >>> import torch
+        >>> from ghost_vision.models import create_ghostnet
+        >>> backbone = create_ghostnet("ghostnet_050", features_only=True).eval()
+        >>> fast = optimize(backbone, script=False)  # plain modules: inspectable, a little slower
+        >>> x = torch.rand(1, 3, 64, 64)
+        >>> with torch.inference_mode():
+        ...     all(torch.allclose(a, b, atol=1e-4) for a, b in zip(fast(x).values(), backbone(x).values()))
+        True
     """
     model = fuse_model(model, inplace=inplace, fold_se=fold_se)
     if channels_last:

@@ -45,7 +45,14 @@ __all__ = [
 
 
 def flatten_outputs(out: Any) -> list[Tensor]:
-    """Tensors of a nested output (dicts in key order, lists/tuples in order)."""
+    """Tensors of a nested output (dicts in key order, lists/tuples in order).
+
+    Example:
+        >>> import torch
+        >>> out = {"boxes": torch.zeros(2, 4), "scores": [torch.zeros(2), torch.ones(1)]}
+        >>> [tuple(t.shape) for t in flatten_outputs(out)]
+        [(2, 4), (2,), (1,)]
+    """
     if isinstance(out, Tensor):
         return [out]
     if isinstance(out, dict):
@@ -71,6 +78,15 @@ class SSDHeadOutputs(nn.Module):
 
     Decoding (``model.box_coder`` with ``model.anchor_generator``'s default boxes), score thresholding
     and NMS stay outside the exported graph: NMS has data-dependent output shapes.
+
+    Example:
+        >>> import torch
+        >>> from ghost_vision.models.detection import ssdlite320_ghostnet
+        >>> heads = SSDHeadOutputs(ssdlite320_ghostnet(num_classes=3, width=0.5).eval())
+        >>> with torch.no_grad():
+        ...     regression, logits = heads(heads.preprocess([torch.rand(3, 240, 320)]))
+        >>> tuple(regression.shape), tuple(logits.shape)
+        ((1, 3234, 4), (1, 3234, 3))
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -113,7 +129,7 @@ def exportable(model: nn.Module) -> tuple[nn.Module, bool]:
 
     Example:
         >>> from torchvision.models.detection import ssdlite320_mobilenet_v3_large
-        >>> net, dynamic_size = exportable(ssdlite320_mobilenet_v3_large(num_classes=3).eval())
+        >>> net, dynamic_size = exportable(ssdlite320_mobilenet_v3_large(num_classes=3, weights_backbone=None).eval())
         >>> type(net).__name__, dynamic_size
         ('SSDHeadOutputs', False)
     """
@@ -187,6 +203,16 @@ def export_onnx(
     Returns:
         a report: ``path``, ``outputs`` (names), ``dynamic_batch``, ``dynamic_size``, ``max_abs_diff``,
         ``checked_shapes``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from ghost_vision.models import ghostnet_050
+        >>> path = f"{tempfile.mkdtemp()}/ghostnet_050.onnx"
+        >>> report = export_onnx(ghostnet_050().eval(), torch.rand(1, 3, 64, 64), path)
+        >>> report["max_abs_diff"] < 1e-4, report["checked_shapes"]
+        (True, [[1, 3, 64, 64], [2, 3, 64, 64], [1, 3, 96, 96]])
+        >>> [i.name for i in ort_session(path).get_inputs()]
+        ['images']
     """
     require("onnx", extra="onnx", purpose="ONNX export")  # torch.onnx.export writes through the onnx package
     model = _inference_form(model)
@@ -246,6 +272,13 @@ def export_torchscript(
 
     Returns:
         a report: ``path``, ``method`` (``"script"`` or ``"trace"``), ``max_abs_diff``, ``script_error``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from ghost_vision.models import ghostnet_050
+        >>> report = export_torchscript(ghostnet_050().eval(), torch.rand(1, 3, 64, 64), f"{tempfile.mkdtemp()}/g.pt")
+        >>> report["method"], report["max_abs_diff"] < 1e-4
+        ('script', True)
     """
     model = _inference_form(model)
     report: dict[str, Any] = dict(path=str(path), method=None, max_abs_diff=None, script_error=None)

@@ -128,6 +128,16 @@ def optimize_for_onnx(model: nn.Module, *, inplace: bool = False, align: int = 1
     halves are not a multiple of ``align`` channels (``align=0``: everywhere; ``align=1``: nowhere).
 
     Outputs equal the plain model's within float rounding; eval mode only.
+
+    Example:
+        >>> import torch
+        >>> from ghost_vision.models import ghostnet_050
+        >>> model = ghostnet_050().eval()
+        >>> graph = optimize_for_onnx(model, align=0)  # every Ghost module concat-free
+        >>> x = torch.rand(1, 3, 64, 64)
+        >>> with torch.no_grad():
+        ...     bool(torch.allclose(graph(x), model(x), atol=1e-4))
+        True
     """
     model = fuse_model(model, inplace=inplace, fold_se=False)
     _rewrite(model, align)

@@ -4,7 +4,7 @@ Eager PyTorch spends a large share of a small model's batch-1 time dispatching m
 Python (GhostNet 1.0 runs ~130 convolutions plus activations, slices and adds per image).
 ``torch.jit.freeze(torch.jit.script(m))`` runs the same operators from one graph, with weights inlined as
 constants. Torch marks TorchScript as deprecated in favour of ``torch.compile``/``torch.export``; on this
-torch both were measured (``tools/benchmark.py``, README "Performance") and the frozen TorchScript graph was
+torch both were measured (``tools/benchmark.py``, docs/benchmarks.md) and the frozen TorchScript graph was
 the faster CPU path with no compile time, so it is used here, behind ``optimize(script=True)``, with its
 deprecation warning silenced.
 
@@ -75,6 +75,13 @@ def freeze_network(model: nn.Module) -> tuple[nn.Module, list[str]]:
     Returns:
         ``(model, kept_eager)``: the frozen model (a ``ScriptModule`` unless it is a detector or did not script
         as a whole) and the modules that stayed eager, each with the reason.
+
+    Example:
+        >>> import torch
+        >>> from ghost_vision.models import ghostnet_050
+        >>> frozen, eager = freeze_network(ghostnet_050().eval())
+        >>> isinstance(frozen, torch.jit.ScriptModule), eager
+        (True, [])
     """
     kept: list[str] = []
     if not _is_detector(model):

@@ -88,6 +88,12 @@ def detections_to_coco_results(
 
     Boxes become ``[x1, y1, x2 - x1, y2 - y1]`` computed in float64 and stored as Python floats (exact: no
     rounding beyond what float64 subtraction does, which is what any float64 pipeline computes).
+
+    Example:
+        >>> import torch
+        >>> detections_to_coco_results([torch.tensor([[10.0, 20.0, 60.0, 50.0]])], [torch.tensor([0.5])],
+        ...                            [torch.tensor([1])], image_ids=[7], label_to_cat_id={1: 18})
+        [{'image_id': 7, 'category_id': 18, 'bbox': [10.0, 20.0, 50.0, 30.0], 'score': 0.5}]
     """
     results: list[dict[str, Any]] = []
     for b, s, lab, img_id in zip(boxes, scores, labels, image_ids, strict=True):
@@ -134,6 +140,19 @@ def coco_evaluate(
     With zero detections ``loadRes`` cannot be used, so an empty result set is built the same way and
     evaluated normally: like pycocotools for a detector that found nothing, AP/AR are ``0.0`` where the
     images hold ground truth of that area range and ``-1.0`` where they hold none.
+
+    Example:
+        >>> import contextlib, io
+        >>> from pycocotools.coco import COCO
+        >>> gt = COCO()
+        >>> gt.dataset = {"images": [{"id": 1, "width": 100, "height": 100}], "categories": [{"id": 3, "name": "cat"}],
+        ...               "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 50, 40],
+        ...                                "area": 2000, "iscrowd": 0}]}
+        >>> with contextlib.redirect_stdout(io.StringIO()):
+        ...     gt.createIndex()
+        >>> stats = coco_evaluate(gt, [{"image_id": 1, "category_id": 3, "bbox": [10, 10, 50, 40], "score": 0.9}], [1])
+        >>> round(stats["map"], 6), round(stats["map_50"], 6)
+        (1.0, 1.0)
     """
     if iou_type != "bbox":
         raise NotImplementedError(f"iou_type={iou_type!r}: only 'bbox' is implemented")

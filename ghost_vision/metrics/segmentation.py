@@ -35,6 +35,13 @@ def confusion_matrix(
 
     ``preds`` are logits ``N×C×H×W`` (arg-maxed over C) or labels ``N×H×W``; ``target`` is ``N×H×W``.
     Returns ``C×C``, or ``N×C×C`` with ``per_image=True``.
+
+    Example:
+        >>> import torch
+        >>> preds, target = torch.tensor([[0, 1], [1, 1]]), torch.tensor([[0, 1], [0, 255]])  # 255: ignored
+        >>> confusion_matrix(preds, target, num_classes=2)
+        tensor([[1, 1],
+                [0, 1]])
     """
     if preds.is_floating_point() and preds.ndim == target.ndim + 1:
         if preds.shape[1] != num_classes:
@@ -73,6 +80,12 @@ def scores_from_confusion_matrix(confmat: Tensor) -> dict[str, Tensor]:
     IoU is ``tp / (tp + fp + fn)`` per class (``nan`` when the denominator is 0); ``miou`` averages the
     non-``nan`` values in class order (Cityscapes' ``getScoreAverage``; ``nan`` if none).
     ``mean_accuracy`` averages ``tp / (tp + fn)`` over classes present in the ground truth.
+
+    Example:
+        >>> import torch
+        >>> scores = scores_from_confusion_matrix(torch.tensor([[1, 1], [0, 1]]))
+        >>> round(scores["miou"].item(), 4), scores["iou_per_class"].tolist()
+        (0.5, [0.5, 0.5])
     """
     cm = confmat.detach().cpu().to(torch.int64)
     tp = cm.diagonal()

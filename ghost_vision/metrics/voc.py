@@ -36,7 +36,14 @@ __all__ = ["VOCMeanAP", "voc_ap", "voc_box_iou", "voc_eval_class"]
 
 
 def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool = True) -> float:
-    """AP from a recall/precision curve, same operations as the devkit's ``voc_ap``."""
+    """AP from a recall/precision curve, same operations as the devkit's ``voc_ap``.
+
+    Example:
+        >>> import numpy as np
+        >>> recall, precision = np.array([0.5, 1.0]), np.array([1.0, 0.5])
+        >>> round(voc_ap(recall, precision, use_07_metric=False), 4), round(voc_ap(recall, precision), 4)
+        (0.75, 0.7727)
+    """
     rec = np.asarray(rec, dtype=np.float64)
     prec = np.asarray(prec, dtype=np.float64)
     if use_07_metric:
@@ -60,6 +67,11 @@ def voc_box_iou(box: np.ndarray, gt: np.ndarray) -> np.ndarray:
     are continuous with ``x1 = xmin - 1`` and ``x2 = xmax``, so its ``xmax - xmin + 1`` is our ``x2 - x1``
     and its intersection ``min(xmax) - max(xmin) + 1`` is our ``min(x2) - max(x1)``: no ``+1`` here, and the
     result equals the devkit's for boxes converted from VOC's 1-based inclusive coordinates.
+
+    Example:
+        >>> import numpy as np
+        >>> voc_box_iou(np.array([0.0, 0.0, 10.0, 10.0]), np.array([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0]])).round(4)
+        array([1.    , 0.3333])
     """
     ixmin = np.maximum(gt[:, 0], box[0])
     iymin = np.maximum(gt[:, 1], box[1])
@@ -86,6 +98,14 @@ def voc_eval_class(
         gts: ``image_key -> (boxes M×4, difficult M bool)`` for every image seen (also without GT).
     Returns:
         ``(ap, rec, prec)``; ``ap`` is ``nan`` when there is no non-difficult GT (``npos == 0``).
+
+    Example:
+        >>> import numpy as np
+        >>> gts = {"img1": (np.array([[0.0, 0.0, 10.0, 10.0]]), np.array([False]))}
+        >>> dets = [("img1", np.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]), np.array([0.9, 0.8]))]
+        >>> ap, rec, prec = voc_eval_class(dets, gts)
+        >>> round(ap, 4), rec.tolist(), prec.tolist()
+        (1.0, [1.0, 1.0], [1.0, 0.5])
     """
     npos = int(sum(int((~np.asarray(d, dtype=bool)).sum()) for _, d in gts.values()))
     keys = [k for k, b, _ in dets for _ in range(len(b))]

@@ -86,9 +86,12 @@ def create_ghostnet(
             :func:`~ghost_vision.models.list_weights`; downloaded once into the torch hub cache and
             verified), a checkpoint path, a state dict, or ``"timm"`` (same as ``"<name>.in1k"``).
         features_only: return a :class:`GhostNetFeatures` backbone instead of the classifier.
-        out_indices, output_stride, frozen_stages, norm_eval: feature backbone options
-            (see :class:`GhostNetFeatures`).
-        num_classes, drop_rate: classifier options.
+        out_indices: feature levels to return, each in 0..4 (see :class:`GhostNetFeatures`).
+        output_stride: 32, 16 or 8 (feature backbone; below 32 the later strides become dilation).
+        frozen_stages: stages without gradients, BatchNorms in eval mode (feature backbone).
+        norm_eval: keep every BatchNorm in eval mode (feature backbone).
+        num_classes: classifier outputs.
+        drop_rate: dropout before the classifier.
         in_chans: input channels.
 
     Example:

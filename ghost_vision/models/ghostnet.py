@@ -106,6 +106,12 @@ class GhostNet(_GhostTrunk):
         num_classes: classifier outputs (1000 for ImageNet).
         drop_rate: dropout before the classifier.
         in_chans: input channels.
+
+    Example:
+        >>> import torch
+        >>> net = GhostNet(version=2, width=1.0, num_classes=10).eval()
+        >>> net(torch.rand(1, 3, 224, 224)).shape
+        torch.Size([1, 10])
     """
 
     def __init__(
@@ -146,12 +152,20 @@ class GhostNetFeatures(_GhostTrunk):
     the deepest requested level are not built.
 
     Args:
-        version, width, in_chans: as for :class:`GhostNet`.
+        version: 1, 2 or 3, as for :class:`GhostNet`.
+        width: width multiplier, as for :class:`GhostNet`.
+        in_chans: input channels.
         out_indices: feature levels to return, each in 0..4.
         output_stride: 32, 16 or 8; below 32 the later strides become dilation (same weights).
         frozen_stages: -1 freezes nothing; 0 the stem; ``k >= 1`` the stem and ``blocks.0 .. blocks.k-1``
             (no gradients, their BatchNorms stay in eval mode).
         norm_eval: keep every BatchNorm in eval mode, also in ``train()``.
+
+    Example:
+        >>> import torch
+        >>> backbone = GhostNetFeatures(width=0.5, out_indices=(2, 3), output_stride=16)
+        >>> backbone.strides, [tuple(f.shape) for f in backbone(torch.rand(1, 3, 128, 128)).values()]
+        ([8, 16], [(1, 20, 16, 16), (1, 56, 8, 8)])
     """
 
     def __init__(

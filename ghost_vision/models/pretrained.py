@@ -70,6 +70,11 @@ class PretrainedWeights:
     least 8, as in torch.hub's ``-<prefix>.pth`` file names), or ``None`` when none is published.
     ``file_name`` is the name in the cache folder. ``meta`` holds ``top1`` (ImageNet-1k top-1, %),
     ``source``, ``license``, ``checkpoint_key`` (which entry of a training checkpoint to load), ...
+
+    Example:
+        >>> weights = get_weights("ghostnet_100.in1k")
+        >>> weights.variant, weights.url
+        ('ghostnet_100', 'https://huggingface.co/timm/ghostnet_100.in1k/resolve/main/model.safetensors')
     """
 
     name: str
@@ -144,12 +149,22 @@ def register_weights(
 
 
 def list_weights(variant: str | None = None) -> list[str]:
-    """Names of the registered weights, all or those that fit ``variant`` (e.g. ``"ghostnetv2_100"``)."""
+    """Names of the registered weights, all or those that fit ``variant`` (e.g. ``"ghostnetv2_100"``).
+
+    Example:
+        >>> list_weights("ghostnetv2_100")
+        ['ghostnetv2_100.in1k', 'ghostnetv2_100.in1k_official']
+    """
     return sorted(n for n, e in _REGISTRY.items() if variant is None or e.variant == variant)
 
 
 def get_weights(name: str) -> PretrainedWeights:
-    """The registry entry called ``name``; ``KeyError`` listing the known names otherwise."""
+    """The registry entry called ``name``; ``KeyError`` listing the known names otherwise.
+
+    Example:
+        >>> get_weights("ghostnetv2_100.in1k_official").variant
+        'ghostnetv2_100'
+    """
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -158,7 +173,12 @@ def get_weights(name: str) -> PretrainedWeights:
 
 def weights_path(name: str) -> Path:
     """Where the file of ``name`` is cached: ``torch.hub.get_dir()/checkpoints/<file_name>`` (honours
-    ``$TORCH_HOME``). A file put there by hand is used (and checked) like a downloaded one."""
+    ``$TORCH_HOME``). A file put there by hand is used (and checked) like a downloaded one.
+
+    Example:
+        >>> weights_path("ghostnet_100.in1k").parent.name
+        'checkpoints'
+    """
     return Path(torch.hub.get_dir()) / "checkpoints" / get_weights(name).file_name
 
 
@@ -261,7 +281,15 @@ def skip_weight_loading() -> Iterator[None]:
 
 
 def weight_loading_skipped() -> bool:
-    """True inside :func:`skip_weight_loading`."""
+    """True inside :func:`skip_weight_loading`.
+
+    Example:
+        >>> with skip_weight_loading():
+        ...     weight_loading_skipped()
+        True
+        >>> weight_loading_skipped()
+        False
+    """
     return _SKIP_LOADING.get()
 
 

@@ -8,7 +8,7 @@ Kinds:
   :func:`~ghost_vision.models.create_ghostnet`).
 * ``"detector"``: SSDLite and the FPN detectors (Faster R-CNN, RetinaNet, FCOS).
 * ``"segmenter"``: DeepLab-lite and LR-ASPP.
-* ``"peer"``: torchvision's MobileNetV3 counterparts the README compares with, plus
+* ``"peer"``: torchvision's MobileNetV3 counterparts the benchmarks (docs/benchmarks.md) compare with, plus
   ``mobilenet_v3_large_features`` (the trunk, peer of the GhostNet feature backbone).
 
 Like the GhostNet builders, a peer is randomly initialised unless asked otherwise: ``weights`` and
@@ -115,7 +115,12 @@ def list_models(kind: str | None = None) -> list[str]:
 
 
 def model_kind(name: str) -> str | None:
-    """The kind of a listed name, ``None`` for anything else."""
+    """The kind of a listed name, ``None`` for anything else.
+
+    Example:
+        >>> model_kind("ssdlite320_ghostnet"), model_kind("ghostnetv3_100"), model_kind("resnet50")
+        ('detector', 'backbone', None)
+    """
     return _registered().get(name)
 
 

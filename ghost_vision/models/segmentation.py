@@ -176,6 +176,12 @@ class GhostDeepLabV3(_GhostSegmentationModel):
         normalize: apply ImageNet mean/std to the input.
 
     As in torchvision, the image-pooling branch normalises a 1x1 map, so training needs batches of >= 2.
+
+    Example:
+        >>> import torch
+        >>> model = deeplabv3_ghostnet(num_classes=4, width=0.5).eval()  # the builder makes this class
+        >>> isinstance(model, GhostDeepLabV3), model(torch.rand(1, 3, 64, 96))["out"].shape
+        (True, torch.Size([1, 4, 64, 96]))
     """
 
     def __init__(
@@ -222,6 +228,12 @@ class GhostLRASPP(_GhostSegmentationModel):
     feature (level 2) and high = the deepest feature dilated to stride 16 (level 4).
 
     Input and output as for :class:`GhostDeepLabV3` (``"out"`` only; no auxiliary head).
+
+    Example:
+        >>> import torch
+        >>> model = lraspp_ghostnet(num_classes=4, width=0.5).eval()  # the builder makes this class
+        >>> isinstance(model, GhostLRASPP), model(torch.rand(1, 3, 64, 96))["out"].shape
+        (True, torch.Size([1, 4, 64, 96]))
     """
 
     def __init__(
@@ -259,7 +271,7 @@ def deeplabv3_ghostnet(
 
     A separable-ASPP DeepLabV3 (DeepLabV3+ with ``decoder=True``). At 512x1024 with 19 classes it needs
     5.50 G MACs and 3.45 M parameters, 0.28x the MACs of torchvision's ``deeplabv3_mobilenet_v3_large``
-    (19.65 G, 11.0 M); the README section "Semantic segmentation" has the table.
+    (19.65 G, 11.0 M); docs/segmentation.md has the table.
 
     Unlike torchvision's segmentation models it takes **[0, 1] RGB** and normalises with the ImageNet
     mean/std itself; pass ``normalize=False`` to feed already normalised tensors.

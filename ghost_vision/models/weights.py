@@ -34,6 +34,12 @@ def read_state_dict(
     Files are read with ``weights_only=True`` (no arbitrary code); the ``argparse.Namespace`` of
     timm-style training checkpoints (``args``) is allowed. Raises ``FileNotFoundError`` naming the path
     when the file is missing.
+
+    Example:
+        >>> import torch
+        >>> checkpoint = {"state_dict": {"model.w": torch.zeros(2)}, "epoch": 3}  # e.g. Lightning's
+        >>> read_state_dict(checkpoint)
+        {'model.w': tensor([0., 0.])}
     """
     if isinstance(source, Mapping):
         sd = dict(source)

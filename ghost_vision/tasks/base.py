@@ -75,8 +75,13 @@ class BaseTask(L.LightningModule):
         model_kwargs: extra builder arguments.
         num_classes: classes of the model (checked against a checkpoint's on load).
         class_names: class names for drawings and logs.
-        optimizer, lr, momentum, weight_decay: ``"sgd"`` (Nesterov) or ``"adamw"``; no decay on norms/biases.
-        scheduler, warmup_epochs, milestones: linear warm-up, then ``cosine``/``step``/``poly``/``constant``.
+        optimizer: ``"sgd"`` (Nesterov momentum) or ``"adamw"``; no weight decay on norms and biases.
+        lr: peak learning rate (reached after the warm-up).
+        momentum: SGD momentum (unused by AdamW).
+        weight_decay: weight decay of the conv/linear weights.
+        scheduler: after a linear warm-up, ``"cosine"``, ``"step"``, ``"poly"`` or ``"constant"``.
+        warmup_epochs: length of the linear warm-up, in epochs (may be fractional).
+        milestones: fractions of training where ``"step"`` multiplies the learning rate by 0.1.
         on_nonfinite: ``"raise"`` or ``"skip"`` for a NaN/inf training loss.
         init_from: a checkpoint whose fitting tensors initialise the model.
     """

@@ -31,6 +31,13 @@ def build_model(model: str | Mapping[str, Any], num_classes: int, **extra: Any) 
     torchvision's builders such as the MobileNetV3 peers, randomly initialised unless ``weights``/
     ``weights_backbone`` are given), so the peers train with the same recipe. ``num_classes`` is passed
     to the builder.
+
+    Example:
+        >>> type(build_model("lraspp_ghostnet", num_classes=3, width=0.5)).__name__
+        'GhostLRASPP'
+        >>> type(build_model({"class_path": "torchvision.models.segmentation.lraspp_mobilenet_v3_large",
+        ...                   "init_args": {"weights_backbone": None}}, num_classes=3)).__name__
+        'LRASPP'
     """
     if isinstance(model, str):
         from ghost_vision.models import get_model

@@ -27,8 +27,13 @@ class DetectionTask(BaseTask):
         class_names: names of labels 1..K (for drawings), linked from the DataModule.
         metric: ``"coco"`` (pycocotools, needs a DataModule with ``val_ann_file``), ``"voc07"`` (11-point)
             or ``"voc"`` (area), or ``"auto"`` (COCO when the DataModule has an annotation file).
-        optimizer, lr, momentum, weight_decay: SGD (Nesterov) or AdamW; no decay on norms and biases.
-        scheduler, warmup_epochs, milestones: linear warm-up, then cosine / step / poly / constant.
+        optimizer: ``"sgd"`` (Nesterov momentum) or ``"adamw"``; no weight decay on norms and biases.
+        lr: peak learning rate (reached after the warm-up).
+        momentum: SGD momentum (unused by AdamW).
+        weight_decay: weight decay of the conv/linear weights.
+        scheduler: after a linear warm-up, ``"cosine"``, ``"step"``, ``"poly"`` or ``"constant"``.
+        warmup_epochs: length of the linear warm-up, in epochs (may be fractional).
+        milestones: fractions of training where ``"step"`` multiplies the learning rate by 0.1.
         on_nonfinite: ``"raise"`` stops at a NaN/inf loss naming the step; ``"skip"`` skips and counts it
             (single-process only: under DDP every rank must step).
         init_from: a checkpoint to fine-tune from: every tensor whose name and shape fit is loaded.

@@ -28,8 +28,16 @@ class SegmentationTask(BaseTask):
         class_names: class names for drawings and per-class IoU logging.
         ignore_index: label ignored by the loss and the metric (255).
         aux_weight: weight of the auxiliary loss when the model returns ``"aux"``.
-        optimizer, lr, momentum, weight_decay, scheduler (``poly`` or ``cosine``), warmup_epochs,
-        on_nonfinite, init_from: as in :class:`~ghost_vision.tasks.DetectionTask`.
+        optimizer: ``"sgd"`` (Nesterov momentum) or ``"adamw"``; no weight decay on norms and biases.
+        lr: peak learning rate (reached after the warm-up).
+        momentum: SGD momentum (unused by AdamW).
+        weight_decay: weight decay of the conv/linear weights.
+        scheduler: after a linear warm-up, ``"cosine"``, ``"step"``, ``"poly"`` or ``"constant"``.
+        warmup_epochs: length of the linear warm-up, in epochs (may be fractional).
+        milestones: fractions of training where ``"step"`` multiplies the learning rate by 0.1.
+        on_nonfinite: ``"raise"`` or ``"skip"`` a step with a NaN/inf loss, as in
+            :class:`~ghost_vision.tasks.DetectionTask`.
+        init_from: a checkpoint to fine-tune from: every tensor whose name and shape fit is loaded.
 
     Example:
         >>> task = SegmentationTask("lraspp_ghostnet", num_classes=19)

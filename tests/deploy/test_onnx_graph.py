@@ -103,13 +103,3 @@ def test_unscriptable_parts_stay_eager_with_a_warning() -> None:
     with torch.inference_mode():
         _assert_close(holder(x), fast(x))
     assert isinstance(fast.body, torch.jit.ScriptModule)
-
-
-@pytest.mark.parametrize("module", ["ghost_vision.deploy", "ghost_vision.deploy.fuse",
-                                    "ghost_vision.deploy.onnx_graph", "ghost_vision.deploy.script"])
-def test_docstring_examples_run(module: str) -> None:
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

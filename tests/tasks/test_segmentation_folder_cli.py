@@ -1,4 +1,4 @@
-"""The recipe ``deeplabv3_ghost_folder`` through the command line: the README's override lines for your own
+"""The recipe ``deeplabv3_ghost_folder`` through the command line: the override lines of docs/data.md for your own
 folders (``SegmentationFolderDataModule``), ``tools/eval.py`` on your split, and the synthetic recipe itself."""
 
 from __future__ import annotations

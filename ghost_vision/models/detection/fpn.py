@@ -38,6 +38,11 @@ class GhostNetFPNBackbone(BackboneWithFPN):
     ``"0"``, ``"1"``, ...). Same attributes (``body``, ``fpn``, integer ``out_channels``) and state-dict
     layout (``body.conv_stem.weight``, ``fpn.inner_blocks.0.0.weight``, ...) as torchvision's.
     ``strides`` lists the stride of every output map (FPN levels, then the extra blocks').
+
+    Example:
+        >>> backbone = ghostnet_fpn_backbone("ghostnet_050", returned_layers=[3, 4])  # the builder makes this class
+        >>> isinstance(backbone, GhostNetFPNBackbone), backbone.out_channels, backbone.strides
+        (True, 256, [16, 32, 64])
     """
 
     def __init__(

@@ -30,6 +30,14 @@ class SSDLiteFeatureExtractorGhostNet(nn.Module):
     torchvision splits MobileNetV3 in a ``Sequential`` after the expansion; a Ghost bottleneck with stride
     2 also has a conv shortcut from its *input*, so the block is finished with
     :meth:`~ghost_vision.models.layers.GhostBottleneck.forward_from_expansion` instead.
+
+    Example:
+        >>> import torch
+        >>> extractor = ssdlite320_ghostnet(width=0.5).backbone.eval()
+        >>> isinstance(extractor, SSDLiteFeatureExtractorGhostNet)
+        True
+        >>> [tuple(f.shape[-2:]) for f in extractor(torch.rand(1, 3, 320, 320)).values()]
+        [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
     """
 
     def __init__(self, body: GhostNetFeatures, norm_layer: Any) -> None:
