@@ -205,3 +205,30 @@ def test_docstring_examples_run() -> None:
 
     result = doctest.testmod(peers, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_old_unnormalised_peer_checkpoint_runs_as_trained_and_torchvision_weights_init(tmp_path: Path) -> None:
+    """A SegmentationTask checkpoint of a peer saved before the wrapper (keys ``model.<torchvision key>``) was
+    trained on [0, 1] input: it loads unwrapped, with a warning, and predicts exactly as before."""
+    from ghost_vision.tasks import load_task
+    from ghost_vision.tasks.base import TASK_KEY
+
+    old = SegmentationTask("lraspp_mobilenet_v3_large", num_classes=3, model_kwargs={"normalize": False}).eval()
+    hparams = dict(old.hparams)
+    hparams["model_kwargs"] = None  # as written before `normalize` existed
+    ckpt = {"state_dict": old.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": "2.5.0",
+            TASK_KEY: "ghost_vision.tasks.segmentation.SegmentationTask"}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.warns(UserWarning, match="trained without input normalisation"):
+        task = load_task(tmp_path / "old.ckpt").eval()
+    assert not isinstance(task.model, NormalizedInput) and task.hparams.model_kwargs == {"normalize": False}
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(task(x)["out"], old(x)["out"])
+    # a torchvision state dict initialises a new (wrapped) peer through init_from
+    torch.save(old.model.state_dict(), tmp_path / "tv.pt")
+    new = SegmentationTask("lraspp_mobilenet_v3_large", num_classes=3, init_from=str(tmp_path / "tv.pt")).eval()
+    assert new.init_report["skipped"] == 0
+    with torch.no_grad():
+        torch.testing.assert_close(new(x)["out"], old(TF.normalize(x, new.model.mean.flatten().tolist(),
+                                                                      new.model.std.flatten().tolist()))["out"])
