@@ -38,6 +38,19 @@ def photo(request: pytest.FixtureRequest) -> torch.Tensor:
     return torch.from_numpy(img.astype(np.uint8))
 
 
+@pytest.fixture(scope="module")
+def coco_sample(tmp_path_factory: pytest.TempPathFactory) -> torch.Tensor:
+    """A COCO-format dataset's image as the data path gives it: the file scaled to [0, 1], not normalised."""
+    from ghost_vision.data.coco import CocoDetection
+    from ghost_vision.data.synthetic import write_synthetic_coco
+
+    root = write_synthetic_coco(tmp_path_factory.mktemp("peers") / "coco", num_train=1, num_val=1)
+    image, _ = CocoDetection(root / "val2017", next((root / "annotations").glob("instances_val*.json")))[0]
+    jpg = next((root / "val2017").glob("*.jpg"))
+    torch.testing.assert_close(image, torch.from_numpy(read_image(jpg)).permute(2, 0, 1).float() / 255)
+    return image
+
+
 def _raw(name: str, calibrate: torch.Tensor | None = None, **kwargs) -> torch.nn.Module:
     """torchvision's own model, randomly initialised; with ``calibrate`` (a normalised batch) its BatchNorm
     statistics are those of that batch, as in a trained model, so that its output depends on the input."""
@@ -146,17 +159,9 @@ def test_wrapped_peer_scripts_optimizes_and_exports(tmp_path: Path) -> None:
          (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     ],
 )
-def test_detectors_normalise_exactly_once(name, kwargs, mean, std, photo, tmp_path) -> None:
+def test_detectors_normalise_exactly_once(name, kwargs, mean, std, coco_sample) -> None:
     """Dataset -> task -> model: the backbone sees ``(image - mean) / std`` of the [0, 1] image, once."""
-    from ghost_vision.data.coco import CocoDetection
-    from ghost_vision.data.synthetic import write_synthetic_coco
-
-    root = write_synthetic_coco(tmp_path / "coco", num_train=1, num_val=1)
-    ann = next((root / "annotations").glob("instances_val*.json"))
-    image, _ = CocoDetection(root / "val2017", ann)[0]
-    jpg = next((root / "val2017").glob("*.jpg"))
-    torch.testing.assert_close(image, torch.from_numpy(read_image(jpg)).permute(2, 0, 1).float() / 255)
-    image = TF.resize(image, [320, 320], antialias=True)  # the model's own size: its resize is the identity
+    image = TF.resize(coco_sample, [320, 320], antialias=True)  # the model's own size: its resize is the identity
     task = DetectionTask(name, num_classes=3, model_kwargs=kwargs).eval()
     seen: list[torch.Tensor] = []
     task.model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
