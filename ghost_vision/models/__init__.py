@@ -26,6 +26,7 @@ from .factory import (
 )
 from .ghostnet import GhostNet, GhostNetFeatures
 from .layers_v3 import reparameterize
+from .peers import NormalizedInput, peer_transforms
 from .pretrained import (
     PretrainedWeights,
     WeightsDownloadError,
@@ -55,6 +56,8 @@ __all__ = [
     "WeightsMismatchError",
     "GhostDeepLabV3",
     "GhostLRASPP",
+    "NormalizedInput",
+    "peer_transforms",
     "GhostNetFPNBackbone",
     "create_ghostnet",
     "deeplabv3_ghostnet",

@@ -13,7 +13,10 @@ Kinds:
 
 Like the GhostNet builders, a peer is randomly initialised unless asked otherwise: ``weights`` and
 ``weights_backbone`` default to ``None`` (torchvision's builders would download ImageNet backbone weights);
-pass ``weights_backbone="DEFAULT"`` for a pretrained one. Any other torchvision builder name
+pass ``weights_backbone="DEFAULT"`` for a pretrained one. A peer takes the input its Ghost counterpart takes
+(:mod:`ghost_vision.models.peers`): torchvision's segmenters come wrapped in
+:class:`~ghost_vision.models.peers.NormalizedInput` (the mean/std of their weights' ``transforms()``), so
+they take [0, 1] RGB like the Ghost segmenters (``normalize=False``: torchvision's model as is). Any other torchvision builder name
 (``torchvision.models.list_models()``, e.g. ``fasterrcnn_resnet50_fpn``) is built the same way, without
 being listed.
 
@@ -36,6 +39,7 @@ from torch import nn
 
 from . import factory
 from .detection import fasterrcnn_ghostnet_fpn, fcos_ghostnet_fpn, retinanet_ghostnet_fpn, ssdlite320_ghostnet
+from .peers import NormalizedInput, is_segmentation_builder, peer_transforms
 from .segmentation import deeplabv3_ghostnet, lraspp_ghostnet
 
 __all__ = ["KINDS", "get_model", "list_models", "model_kind"]
@@ -150,7 +154,15 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
         return builder(**kwargs)
     tv_builder = _torchvision_builder(name)
     if tv_builder is not None:
-        return _torchvision_model(tv_builder, **kwargs)
+        if not is_segmentation_builder(tv_builder):
+            return _torchvision_model(tv_builder, **kwargs)
+        # torchvision's segmenters expect normalised input; ours take [0, 1] RGB like the Ghost segmenters
+        normalize = kwargs.pop("normalize", True)
+        model = _torchvision_model(tv_builder, **kwargs)
+        if not normalize:
+            return model
+        preprocessing = peer_transforms(name, kwargs.get("weights"))
+        return NormalizedInput(model, mean=preprocessing.mean, std=preprocessing.std)
     raise ValueError(
         f"unknown model builder {name!r}: choose one of {list_models()} (see ghost_vision.models.list_models), "
         "or any torchvision.models builder name"

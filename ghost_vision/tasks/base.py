@@ -238,6 +238,20 @@ class BaseTask(L.LightningModule):
                 "with --model.init_args.init_from PATH.ckpt (loads every weight whose shape fits, the new head "
                 "starts fresh) instead of --ckpt_path."
             )
+        self._keep_unnormalised_peer(checkpoint.get("state_dict") or {})
+
+    def _keep_unnormalised_peer(self, state: Mapping[str, Any]) -> None:
+        """A torchvision segmentation peer saved before peers normalised their input (ghost_vision.models.peers)
+        was trained on [0, 1] tensors: run it as trained (the wrapper's network alone), with a warning."""
+        from ghost_vision.models import NormalizedInput
+
+        if isinstance(self.model, NormalizedInput) and state and not any(k.startswith("model.model.") for k in state):
+            warnings.warn(
+                "this checkpoint's torchvision peer was trained without input normalisation (before "
+                "ghost_vision.models.peers): it is run as trained, on [0, 1] input (normalize=False). Retrain it "
+                "for a comparison that feeds the peer what its weights expect (docs/peers.md).", stacklevel=2)
+            self.model = self.model.model
+            self.hparams.model_kwargs = {**(self.hparams.model_kwargs or {}), "normalize": False}
 
     def on_train_start(self) -> None:
         self._set_warmup()
@@ -267,7 +281,12 @@ class BaseTask(L.LightningModule):
         sd = read_state_dict(path)
         sd = {k[len("model."):] if k.startswith("model.") else k: v for k, v in sd.items()}
         own = self.model.state_dict()
-        fit = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+
+        def fitting(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+
+        # else: a torchvision-format state dict of a wrapped peer (ghost_vision.models.NormalizedInput)
+        fit = fitting(sd) or fitting({f"model.{k}": v for k, v in sd.items()})
         if not fit:
             raise ValueError(f"init_from={path}: no tensor of the checkpoint fits this model")
         self.model.load_state_dict(fit, strict=False)

@@ -23,6 +23,8 @@ class SegmentationTask(BaseTask):
     Args:
         model: a :func:`~ghost_vision.models.get_model` name (``deeplabv3_ghostnet``, ``lraspp_ghostnet``,
             the peers ``deeplabv3_mobilenet_v3_large``, ...) or ``{"class_path": ..., "init_args": {...}}``.
+            Every model gets the batches' [0, 1] RGB and normalises it itself (torchvision's peers through
+            :class:`~ghost_vision.models.NormalizedInput`, docs/peers.md).
         model_kwargs: extra builder arguments (``aux_loss``, ``output_stride``, ``weights_backbone``, ...).
         num_classes: linked from the DataModule; saved once in the checkpoint.
         class_names: class names for drawings and per-class IoU logging.

@@ -59,11 +59,15 @@ def test_get_model_builds_every_kind() -> None:
 
 
 def test_peers_are_randomly_initialised_torchvision_models() -> None:
-    """No download (weights/weights_backbone default to None); the trunk peer is MobileNetV3's .features."""
+    """No download (weights/weights_backbone default to None); the trunk peer is MobileNetV3's .features;
+    segmentation peers take [0, 1] RGB like the Ghost segmenters (tests/models/test_peers.py)."""
     from torchvision.models.segmentation import LRASPP
 
+    from ghost_vision.models import NormalizedInput
+
     peer = get_model("lraspp_mobilenet_v3_large", num_classes=5)
-    assert isinstance(peer, LRASPP)
+    assert isinstance(peer, NormalizedInput) and isinstance(peer.model, LRASPP)
+    assert isinstance(get_model("lraspp_mobilenet_v3_large", num_classes=5, normalize=False), LRASPP)
     trunk = get_model("mobilenet_v3_large_features")
     assert isinstance(trunk, nn.Sequential)
     with torch.no_grad():
