@@ -100,12 +100,13 @@ class SyntheticCocoDataModule(_WritesSyntheticData, CocoDataModule):
         train_transform_kwargs: dict[str, Any] | None = None,
         eval_transform_kwargs: dict[str, Any] | None = None,
         skip_corrupt: bool = False,
+        masks: bool = False,
     ) -> None:
         super().__init__(
             root, train_split="train2017", val_split="val2017", batch_size=batch_size, val_batch_size=val_batch_size,
             num_workers=num_workers, pin_memory=pin_memory, image_size=image_size, train_transform=train_transform,
             eval_transform=eval_transform, train_transform_kwargs=train_transform_kwargs,
-            eval_transform_kwargs=eval_transform_kwargs, remove_empty=False, skip_corrupt=skip_corrupt,
+            eval_transform_kwargs=eval_transform_kwargs, remove_empty=False, skip_corrupt=skip_corrupt, masks=masks,
         )
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
 
