@@ -43,7 +43,8 @@ def finalize_detection(
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
     keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
     if "masks" in per_box:  # an instance whose mask the transforms emptied goes with its box
-        keep &= np.asarray(target["masks"]).reshape(len(boxes), -1).any(axis=1)
+        masks = np.asarray(target["masks"])
+        keep &= masks.reshape(len(masks), -1).any(axis=1) if masks.size else np.zeros(len(masks), bool)
     out = dict(target)
     out["boxes"] = boxes[keep]
     for key in per_box:
