@@ -1,0 +1,123 @@
+"""Mask R-CNN builders: contract, RoI poolers on the real FPN level names, backbone specs, the peer, and (slow)
+a short overfit where the mask loss falls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models.detection import MaskRCNN
+
+from ghost_vision.models import get_model, list_models, reparameterize
+from ghost_vision.models.registry import model_kind
+from ghost_vision.models.detection import maskrcnn_ghostnet_fpn, maskrcnn_mobilenet_v3_large_fpn
+
+SMALL = dict(min_size=128, max_size=160, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20,
+             box_detections_per_img=10, box_score_thresh=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    yield
+
+
+def test_builder_contract_and_registry():
+    with pytest.raises(TypeError):
+        maskrcnn_ghostnet_fpn(3)  # keyword-only
+    assert model_kind("maskrcnn_ghostnet_fpn") == "detector" and "maskrcnn_ghostnet_fpn" in list_models("detector")
+    assert model_kind("maskrcnn_mobilenet_v3_large_fpn") == "peer"
+    torch.manual_seed(0)
+    model = get_model("maskrcnn_ghostnet_fpn", num_classes=4, **SMALL).eval()
+    assert isinstance(model, MaskRCNN) and model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4
+    with torch.inference_mode():
+        out = model([torch.rand(3, 128, 150), torch.rand(3, 140, 128)])
+    for o, (h, w) in zip(out, [(128, 150), (140, 128)]):
+        n = len(o["boxes"])
+        assert n == 10 and o["masks"].shape == (n, 1, h, w) and o["masks"].dtype == torch.float32
+        assert 0 <= o["masks"].min() and o["masks"].max() <= 1
+    with pytest.raises(ValueError, match="mask_head_convs"):
+        maskrcnn_ghostnet_fpn(num_classes=3, mask_head_convs=-1)
+
+
+@pytest.mark.parametrize("build, kwargs, names, pooled", [
+    (maskrcnn_ghostnet_fpn, {}, ["0", "1"], ["0", "1"]),
+    (maskrcnn_ghostnet_fpn, {"returned_layers": [2, 3, 4]}, ["0", "1", "2"], ["0", "1", "2"]),
+    (maskrcnn_ghostnet_fpn, {"backbone": "ghostnetv2_100", "returned_layers": [1, 2, 3, 4]}, ["0", "1", "2", "3"],
+     ["0", "1", "2", "3"]),
+    # torchvision's MobileNetV3 FPN returns two stride-32 maps: RoIAlign's level mapper sends every box to the
+    # first (as in torchvision's own fasterrcnn_mobilenet_v3_large_fpn); the RPN uses both
+    (maskrcnn_mobilenet_v3_large_fpn, {}, ["0", "1"], ["0"]),
+])
+def test_roi_poolers_read_every_real_fpn_level(build, kwargs, names, pooled):
+    torch.manual_seed(0)
+    model = build(num_classes=3, **kwargs).eval()
+    feats = model.backbone(torch.rand(1, 3, 512, 512))
+    assert list(feats) == names + ["pool"]  # what the FPN really produces
+    for pooler in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
+        assert pooler.featmap_names == names
+        # every level is really pooled: boxes of all sizes, and changing one level changes some pooled RoIs
+        # (a wrong name is skipped by torchvision without a word: that level would change nothing)
+        # (torchvision maps a k x k box to level 4 + log2(k / 224), clamped to the levels there are)
+        boxes = [torch.tensor([[0.0, 0.0, 8, 8], [10, 10, 60, 60], [0, 0, 130, 130], [20, 30, 250, 240], [0, 0, 300, 300],
+                               [0, 0, 511, 511]])]
+        ref = pooler(feats, boxes, [(512, 512)])
+        for name in names:
+            changed = dict(feats)
+            changed[name] = feats[name] + 1.0
+            assert torch.equal(pooler(changed, boxes, [(512, 512)]), ref) == (name not in pooled), name
+    assert len(model.rpn.anchor_generator.sizes) == len(names) + 1
+
+
+def test_backbone_specs_widths_v3_and_fused_v3():
+    torch.manual_seed(0)
+    half = maskrcnn_ghostnet_fpn(num_classes=3, width=0.5, **SMALL)
+    assert half.backbone.body.out_channels == get_model("ghostnet_050", features_only=True, out_indices=(3, 4)).out_channels
+    v3 = maskrcnn_ghostnet_fpn(num_classes=3, backbone="ghostnetv3_050", **SMALL).eval()
+    x = [torch.rand(3, 128, 128)]
+    with torch.inference_mode():
+        ref = v3(x)[0]
+        fused = reparameterize(v3)(x)[0]  # the deploy form predicts the same
+    torch.testing.assert_close(fused["boxes"], ref["boxes"], rtol=1e-3, atol=1e-2)
+    torch.testing.assert_close(fused["masks"], ref["masks"], rtol=1e-3, atol=1e-3)
+
+
+def test_mask_head_convs_and_peer_like_for_like():
+    convs = [maskrcnn_ghostnet_fpn(num_classes=3, mask_head_convs=k).roi_heads.mask_head for k in (4, 2, 0)]
+    assert [len(c) for c in convs] == [4, 2, 0]
+    per_conv = 256 * 256 * 9 + 256
+    params = [sum(p.numel() for p in c.parameters()) for c in convs]
+    assert params == [4 * per_conv, 2 * per_conv, 0]
+    ghost, peer = maskrcnn_ghostnet_fpn(num_classes=3), maskrcnn_mobilenet_v3_large_fpn(num_classes=3)
+    for part in ("rpn", "roi_heads"):  # identical heads: only the backbones differ
+        shapes = [[tuple(p.shape) for p in getattr(m, part).parameters()] for m in (ghost, peer)]
+        assert shapes[0] == shapes[1]
+    assert ghost.rpn.anchor_generator.sizes == peer.rpn.anchor_generator.sizes
+
+
+@pytest.mark.slow
+def test_mask_loss_falls_when_overfitting_one_batch():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    size = 160
+    images, targets = [], []
+    for boxes, labels in (([[20, 30, 90, 120], [100, 40, 150, 110]], [1, 2]), ([[30, 30, 130, 100]], [2])):
+        img = 0.2 * torch.rand(3, size, size, generator=g)
+        masks = torch.zeros(len(boxes), size, size, dtype=torch.uint8)
+        for k, ((x0, y0, x1, y1), label) in enumerate(zip(boxes, labels)):
+            # an ellipse in its box: the mask is not the box, so the mask head has something to learn
+            yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+            inside = ((xx - (x0 + x1) / 2) / ((x1 - x0) / 2)) ** 2 + ((yy - (y0 + y1) / 2) / ((y1 - y0) / 2)) ** 2 < 1
+            masks[k] = inside.to(torch.uint8)
+            img[:, inside] = torch.tensor([1.0, 0.2, 0.2] if label == 1 else [0.2, 0.3, 1.0])[:, None]
+        images.append(img)
+        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
+                        "masks": masks})
+    model = maskrcnn_ghostnet_fpn(num_classes=3, min_size=size, max_size=size).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mask_losses = []
+    for _ in range(40):
+        losses = model(images, targets)
+        mask_losses.append(losses["loss_mask"].item())
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    assert min(mask_losses[-5:]) < 0.5 * mask_losses[0], mask_losses
