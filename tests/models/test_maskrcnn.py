@@ -8,8 +8,8 @@ import torch
 from torchvision.models.detection import MaskRCNN
 
 from ghost_vision.models import get_model, list_models, reparameterize
-from ghost_vision.models.registry import model_kind
 from ghost_vision.models.detection import maskrcnn_ghostnet_fpn, maskrcnn_mobilenet_v3_large_fpn
+from ghost_vision.models.registry import model_kind
 
 SMALL = dict(min_size=128, max_size=160, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20,
              box_detections_per_img=10, box_score_thresh=0.0)
