@@ -190,7 +190,8 @@ class CocoMeanAP(Metric):
 
     ``iou_type=("bbox", "segm")`` (or ``"segm"``) adds mask AP: each prediction also carries ``masks``
     (torchvision's ``N x 1 x H x W`` probabilities at the annotation file's image size), thresholded at 0.5 and
-    RLE-encoded in ``update`` (about 1 kB per 100-detection image instead of 100 dense masks); the 12 mask
+    RLE-encoded in ``update`` (the state holds ~17 KiB per image at 100 detections of real COCO object masks,
+    against 25 MiB as dense uint8 masks, 100 MiB as the model's float probabilities); the 12 mask
     figures come back as ``segm_map``, ``segm_map_50``, ... after the box ones. The annotation file's
     segmentations are checked at construction (a malformed one raises naming its annotation id).
 

@@ -121,3 +121,33 @@ def test_mask_loss_falls_when_overfitting_one_batch():
         sum(losses.values()).backward()
         opt.step()
     assert min(mask_losses[-5:]) < 0.5 * mask_losses[0], mask_losses
+
+
+def test_onnx_export_of_the_network_checked_in_onnxruntime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from ghost_vision.deploy.export import export_onnx
+
+    torch.manual_seed(0)
+    model = maskrcnn_ghostnet_fpn(num_classes=3, **SMALL).eval()
+    # backbone + FPN + RPN head, as for Faster R-CNN: proposals, RoI heads and mask pasting stay in Python
+    rep = export_onnx(model, torch.rand(1, 3, 128, 128), tmp_path / "maskrcnn.onnx")
+    assert len(rep["outputs"]) == 3 + 2 * 3  # maps "0", "1", "pool"; objectness and box deltas per map
+    assert rep["dynamic_batch"] and rep["dynamic_size"] and len(rep["checked_shapes"]) == 3
+    assert rep["max_abs_diff"] <= 1e-4
+
+
+def test_draw_detections_overlays_instance_masks():
+    from ghost_vision.visualize import PALETTE, draw_detections
+
+    image = torch.zeros(3, 40, 50)
+    masks = torch.zeros(2, 1, 40, 50)
+    masks[0, 0, 5:15, 5:20] = 0.9  # kept
+    masks[1, 0, 25:35, 30:45] = 0.9  # scored below the threshold: not drawn
+    pred = {"boxes": torch.tensor([[5.0, 5, 20, 15], [30, 25, 45, 35]]), "labels": torch.tensor([1, 2]),
+            "scores": torch.tensor([0.9, 0.1]), "masks": masks}
+    drawn = draw_detections(image, pred, score_thresh=0.3, width=1)
+    inside = drawn[:, 10, 12].tolist()  # alpha 0.45 of the label's colour over black
+    assert inside == [round(0.45 * c) for c in PALETTE[1]] or inside == [int(0.45 * c) for c in PALETTE[1]]
+    assert drawn[:, 30, 37].tolist() == [0, 0, 0]
+    boxes_only = draw_detections(image, {k: v for k, v in pred.items() if k != "masks"}, score_thresh=0.3, width=1)
+    assert boxes_only[:, 10, 12].tolist() == [0, 0, 0]
