@@ -151,3 +151,18 @@ def test_draw_detections_overlays_instance_masks():
     assert drawn[:, 30, 37].tolist() == [0, 0, 0]
     boxes_only = draw_detections(image, {k: v for k, v in pred.items() if k != "masks"}, score_thresh=0.3, width=1)
     assert boxes_only[:, 10, 12].tolist() == [0, 0, 0]
+
+
+def test_fast_path_predicts_the_same_boxes_and_masks():
+    from ghost_vision.deploy import optimize
+
+    torch.manual_seed(0)
+    model = maskrcnn_ghostnet_fpn(num_classes=3, **SMALL).eval()
+    fast = optimize(model)
+    x = [torch.rand(3, 128, 128)]
+    with torch.inference_mode():
+        ref, got = model(x)[0], fast(x)[0]
+    assert len(ref["boxes"]) == 10
+    for key in ("boxes", "scores", "masks"):
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-4)
+    assert torch.equal(got["labels"], ref["labels"])
