@@ -9,8 +9,11 @@ garbage. :func:`segmentation_problem` names those cases; :func:`decode_segmentat
 dataset built with ``skip_corrupt=True`` counts the sample as skipped instead of training on a wrong mask).
 
 Example:
-    >>> decode_segmentation([[1, 1, 4, 1, 4, 3, 1, 3]], 4, 6).sum()  # a 3 x 2 rectangle, pycocotools' rule
-    np.uint64(6)
+    >>> decode_segmentation([[1, 1, 4, 1, 4, 3, 1, 3]], 4, 6)  # pixels whose centre is inside
+    array([[0, 0, 0, 0, 0, 0],
+           [0, 1, 1, 1, 0, 0],
+           [0, 1, 1, 1, 0, 0],
+           [0, 0, 0, 0, 0, 0]], dtype=uint8)
 """
 
 from __future__ import annotations

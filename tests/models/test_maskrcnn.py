@@ -166,3 +166,12 @@ def test_fast_path_predicts_the_same_boxes_and_masks():
     for key in ("boxes", "scores", "masks"):
         torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-4)
     assert torch.equal(got["labels"], ref["labels"])
+
+
+@pytest.mark.parametrize("module", ["ghost_vision.models.detection.maskrcnn", "ghost_vision.data.masks"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
