@@ -177,3 +177,21 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_task_scales_masks_back_and_needs_the_coco_metric_for_segm():
+    from ghost_vision.tasks import DetectionTask
+
+    with pytest.raises(ValueError, match="needs metric='coco'"):
+        DetectionTask("maskrcnn_ghostnet_fpn", num_classes=3, metric="voc07", iou_type=["bbox", "segm"])
+    with pytest.raises(ValueError, match="iou_type"):
+        DetectionTask("maskrcnn_ghostnet_fpn", num_classes=3, iou_type="keypoints")
+    masks = torch.zeros(1, 1, 10, 20)
+    masks[0, 0, 2:6, 4:12] = 1.0
+    pred = {"boxes": torch.tensor([[4.0, 2, 12, 6]]), "scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.long),
+            "masks": masks}
+    target = {"boxes": torch.zeros(0, 4), "orig_size": torch.tensor([20, 40])}
+    (p,), _ = DetectionTask.to_original_size([pred], [torch.zeros(3, 10, 20)], [target])
+    assert p["masks"].shape == (1, 1, 20, 40) and p["boxes"].tolist() == [[8.0, 4.0, 24.0, 12.0]]
+    inside = (p["masks"][0, 0] > 0.5).nonzero()
+    assert inside[:, 0].min() == 4 and inside[:, 0].max() == 11 and inside[:, 1].min() == 8 and inside[:, 1].max() == 23
