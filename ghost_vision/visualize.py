@@ -39,6 +39,9 @@ def draw_detections(
 ) -> Tensor:
     """Draw boxes with ``label score`` captions on a 3xHxW image (float [0,1] or uint8); returns uint8.
 
+    Instance ``masks`` in the prediction (Mask R-CNN's ``N x 1 x H x W`` probabilities, or ``N x H x W``) are
+    overlaid first, each ``> 0.5`` in its box's colour.
+
     Example:
         >>> import torch
         >>> prediction = {"boxes": torch.tensor([[4.0, 4.0, 40.0, 40.0]]), "labels": torch.tensor([1]),
@@ -52,10 +55,17 @@ def draw_detections(
     boxes = prediction["boxes"].detach().cpu().float()
     labels = prediction["labels"].detach().cpu()
     scores = prediction["scores"].detach().cpu() if "scores" in prediction else None
+    masks = prediction.get("masks")
+    if masks is not None:
+        masks = masks.detach().cpu()
+        masks = (masks[:, 0] if masks.ndim == 4 else masks) > 0.5
     if keep is not None:
         boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
+        masks = masks[keep] if masks is not None else None
     if len(boxes) == 0:
         return img
+    if masks is not None:
+        img = draw_segmentation_masks(img, masks, alpha=0.45, colors=[PALETTE[int(lab) % len(PALETTE)] for lab in labels])
 
     def name(label: int) -> str:
         if class_names is not None and 1 <= label <= len(class_names):

@@ -27,6 +27,15 @@ def raccoon_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def labelbox_masks() -> Path:
+    """The 10 real COCO val2017 photos with polygon / multi-polygon / crowd-RLE masks (skips when absent)."""
+    root = SHARED_DATASETS / "labelbox_coco_masks"
+    if not (root / "rle.json").is_file():
+        pytest.skip(f"real COCO mask data not found at {root} (see shared/datasets/README.md)")
+    return root
+
+
 @pytest.fixture
 def one_torch_thread():
     """One intra-op thread for the test: with 2 threads on a busy 2-core machine OpenMP's spinning makes the

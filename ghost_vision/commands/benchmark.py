@@ -48,6 +48,7 @@ from ghost_vision.deploy.bench import (
     count_macs,
     count_params,
     interleaved,
+    maskrcnn_costs,
     ort_op_profile,
     ratio_summary,
     train_step_subprocess,
@@ -258,6 +259,10 @@ def _md(results: dict[str, Any]) -> str:
                          f"{t['peer']['step_s']:.2f} s ({t['time_ratio']:.2f}×); step RSS peak "
                          f"{t['ghost']['step_peak_mb']:.0f} vs {t['peer']['step_peak_mb']:.0f} MiB "
                          f"({t['step_peak_ratio']:.2f}×); process peak {t['process_peak_ratio']:.2f}×")
+        for label, row in r.get("whole_model_costs", {}).items():
+            lines.append(f"- {name} whole model, {label} ({row['size']} px, {row['proposals']} proposals, "
+                         f"{row['detections']} detections): {row['params_m']:.2f} M params, {row['macs_g']:.2f} GMACs "
+                         f"({row['backbone_macs_g']:.2f} before the RoI heads)")
     if "data" in results:
         d = results["data"]
         lines.append(f"- data loading (det_train 320, {d['workers']} workers): "
@@ -308,6 +313,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> dict[
             r["params_m"] = {"ghost": count_params(ghost) / 1e6, "peer": count_params(peer) / 1e6}
             r["macs_g"] = {"ghost": count_macs(ghost, x1) / 1e9, "peer": count_macs(peer, x1) / 1e9}
             r["mac_ratio"] = r["macs_g"]["ghost"] / r["macs_g"]["peer"]
+            if name == "maskrcnn":  # whole models at fixed RoI counts, with torchvision's ResNet-50 Mask R-CNN
+                r["whole_model_costs"] = maskrcnn_costs()
             fns = _variants(pair, ghost, peer, 1, full=True)
             r["batch1"] = _timing(name, fns, args.rounds, 1)
             if args.profile:

@@ -31,7 +31,8 @@ def finalize_detection(
 ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
     """Apply ``transforms`` then clip boxes to the image and drop those under 1 px wide or high.
 
-    ``per_box`` names the arrays of ``target`` that are filtered along with ``boxes``. Returns the image
+    ``per_box`` names the arrays of ``target`` that are filtered along with ``boxes``; when it names ``masks``
+    (``N x H x W``), instances whose mask is empty after the transforms are dropped too. Returns the image
     tensor and the filtered numpy target (the caller converts to tensors and adds ids).
     """
     if transforms is not None:
@@ -41,6 +42,9 @@ def finalize_detection(
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
     keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+    if "masks" in per_box:  # an instance whose mask the transforms emptied goes with its box
+        masks = np.asarray(target["masks"])
+        keep &= masks.reshape(len(masks), -1).any(axis=1) if masks.size else np.zeros(len(masks), bool)
     out = dict(target)
     out["boxes"] = boxes[keep]
     for key in per_box:

@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 from ._target import Transforms, finalize_detection, to_tensor_target
 from ._validate import validate_coco
 from .io import DataError, SkipCorrupt, SkippingDataset, read_image, require_file
+from .masks import decode_segmentation
 
 __all__ = ["CocoDetection", "load_coco_json"]
 
@@ -72,6 +73,12 @@ class CocoDetection(SkippingDataset):
     / ``target["crowd_labels"]``. Annotations with category ids missing from ``categories`` are dropped
     with one warning. ``target["orig_size"]`` is the ``(H, W)`` of the image as read (before transforms).
 
+    With ``masks=True`` ``target["masks"]`` holds the instance masks (uint8 ``N x H x W``, one per box, decoded
+    from polygons or RLE by pycocotools as ``COCO.annToMask``) for the non-crowd annotations, as torchvision's
+    reference ``ConvertCocoPolysToMask`` does; the transforms move them with the image, and an instance whose
+    box or mask is gone after them is dropped whole. A malformed segmentation raises :class:`DataError` naming
+    the file, image id and annotation id (or, with ``skip_corrupt=True``, skips that image and counts it).
+
     Example:
         >>> ds = CocoDetection("coco/val2017", "coco/annotations/instances_val2017.json")  # doctest: +SKIP
         >>> image, target = ds[0]  # doctest: +SKIP
@@ -87,8 +94,10 @@ class CocoDetection(SkippingDataset):
         transforms: Transforms | None = None,
         remove_empty: bool = False,
         skip_corrupt: bool = False,
+        masks: bool = False,
     ) -> None:
         self.img_dir = Path(img_dir)
+        self.masks = bool(masks)
         self.ann_file = Path(ann_file)
         if not self.img_dir.is_dir():
             raise FileNotFoundError(f"COCO image folder not found: {self.img_dir}")
@@ -130,41 +139,51 @@ class CocoDetection(SkippingDataset):
                 return True
         return False
 
-    def _annotations(self, image_id: int) -> dict[str, np.ndarray]:
-        boxes, labels, crowd = [], [], []
+    def _annotations(self, image_id: int, image_hw: tuple[int, int]) -> dict[str, np.ndarray]:
+        boxes, labels, crowd, masks = [], [], [], []
+        h, w = image_hw
         for a in self.coco.imgToAnns.get(image_id, []):
             label = self.cat_id_to_label.get(a.get("category_id"))
             if label is None:
                 continue
-            x, y, w, h = (float(v) for v in a["bbox"])  # 4 finite numbers, w, h >= 0: validated at load
-            boxes.append((x, y, x + w, y + h))
+            x, y, bw, bh = (float(v) for v in a["bbox"])  # 4 finite numbers, w, h >= 0: validated at load
+            boxes.append((x, y, x + bw, y + bh))
             labels.append(label)
             crowd.append(bool(a.get("iscrowd", 0)))
-        return {
+            if self.masks:  # crowd masks too, so that a crowd box follows the same drop rule; not returned
+                masks.append(decode_segmentation(a.get("segmentation"), h, w, where=str(self.ann_file),
+                                                 image_id=image_id, ann_id=a.get("id")))
+        out = {
             "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
             "labels": np.asarray(labels, dtype=np.int64),
             "iscrowd": np.asarray(crowd, dtype=bool),
         }
+        if self.masks:
+            out["masks"] = np.stack(masks) if masks else np.zeros((0, h, w), np.uint8)
+        return out
 
     def _load(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
         image = read_image(self.img_dir / info["file_name"])
-        target = self._annotations(image_id)
         orig_size = image.shape[:2]
-        tensor, t = finalize_detection(image, target, self.transforms, per_box=("labels", "iscrowd"))
+        if self.masks and (info.get("height"), info.get("width")) != orig_size:
+            raise DataError(
+                f"{self.ann_file}: image id {image_id} ({info['file_name']}) is {orig_size[1]}x{orig_size[0]} but "
+                f"the file says width {info.get('width')}, height {info.get('height')}: masks would not align"
+            )
+        target = self._annotations(image_id, orig_size)
+        per_box = ("labels", "iscrowd", "masks") if self.masks else ("labels", "iscrowd")
+        tensor, t = finalize_detection(image, target, self.transforms, per_box=per_box)
         crowd = t["iscrowd"].astype(bool)
-        t = {
-            "boxes": t["boxes"][~crowd],
-            "labels": t["labels"][~crowd],
-            "crowd_boxes": t["boxes"][crowd],
-            "crowd_labels": t["labels"][crowd],
-        }
         out = to_tensor_target(
-            t,
+            {"boxes": t["boxes"][~crowd], "labels": t["labels"][~crowd], "crowd_boxes": t["boxes"][crowd],
+             "crowd_labels": t["labels"][crowd]},
             {"boxes": torch.float32, "labels": torch.int64, "crowd_boxes": torch.float32,
              "crowd_labels": torch.int64},
         )
+        if self.masks:
+            out["masks"] = torch.from_numpy(np.ascontiguousarray(t["masks"][~crowd], dtype=np.uint8))
         out["image_id"] = torch.tensor(image_id, dtype=torch.int64)
         out["orig_size"] = torch.tensor(orig_size, dtype=torch.int64)
         return tensor, out

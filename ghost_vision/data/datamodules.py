@@ -44,6 +44,8 @@ class CocoDataModule(_DetectionDataModule):
 
     ``num_classes`` = categories + 1 (background), read from the val annotation file; ``label_to_cat_id``
     maps labels back to COCO category ids and ``val_ann_file`` is the JSON the COCO metric evaluates on.
+    ``masks=True`` adds the instance masks (``target["masks"]``, see :class:`~ghost_vision.data.CocoDetection`)
+    for Mask R-CNN.
 
     Example:
         >>> dm = CocoDataModule("data/coco", batch_size=32, image_size=320)  # doctest: +SKIP
@@ -58,6 +60,7 @@ class CocoDataModule(_DetectionDataModule):
         train_split: str = "train2017",
         val_split: str = "val2017",
         remove_empty: bool = True,
+        masks: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -65,6 +68,7 @@ class CocoDataModule(_DetectionDataModule):
         self.train_split = train_split
         self.val_split = val_split
         self.remove_empty = remove_empty
+        self.masks = masks
         self._categories: list[dict[str, Any]] | None = None
 
     def ann_file(self, split: str) -> Path:
@@ -109,12 +113,12 @@ class CocoDataModule(_DetectionDataModule):
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = CocoDetection(
                 self.root / self.train_split, self.ann_file(self.train_split), transforms=self.train_transforms_fn(),
-                remove_empty=self.remove_empty, skip_corrupt=self.skip_corrupt,
+                remove_empty=self.remove_empty, skip_corrupt=self.skip_corrupt, masks=self.masks,
             )
         if self.val_dataset is None:
             self.val_dataset = CocoDetection(
                 self.root / self.val_split, self.val_ann_file, transforms=self.eval_transforms_fn(),
-                skip_corrupt=self.skip_corrupt,
+                skip_corrupt=self.skip_corrupt, masks=self.masks,
             )
         train, val = self.train_dataset, self.val_dataset
         if train is not None and (train.label_to_cat_id, train.classes) != (val.label_to_cat_id, val.classes):

@@ -92,10 +92,11 @@ class SyntheticCocoDataModule(_WritesSyntheticData, CocoDataModule):
         *,
         num_workers: int = 2,
         pin_memory: bool = False,
+        masks: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(root, train_split="train2017", val_split="val2017", remove_empty=False,
-                         num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+                         num_workers=num_workers, pin_memory=pin_memory, masks=masks, **kwargs)
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
 
     @property

@@ -6,6 +6,9 @@
   float32 N×4 xyxy in pixels, ``target["labels"]`` int64 N; every other per-box entry (a numpy array,
   tensor or list whose first dimension is N, e.g. ``difficult``, ``iscrowd``, ``area``) is filtered with the
   boxes; entries that are not per-box (``image_id``, or any key in :data:`NON_BOX_KEYS`) pass through.
+  ``target["masks"]`` (uint8 N×H×W instance masks) goes through albumentations' ``masks`` with the image
+  (nearest-neighbour, padded with 0) and is re-aligned with the boxes albumentations keeps (by each box's index
+  carried in ``label_fields``); the dataset then drops instances whose mask came out empty.
 * segmentation presets: ``t(image=HxWx3 uint8, mask=HxW integer) -> (image, mask)``; the mask keeps its
   dtype, is resampled with nearest neighbour and padded with ``ignore_index`` (255).
 
@@ -208,13 +211,25 @@ class DetectionTransform(_Seeded):
         n = len(boxes)
         if self.compose is None:
             return image, dict(target)
-        out = self.compose(image=image, bboxes=boxes, box_index=np.arange(n, dtype=np.int64))
+        masks = target.get("masks")
+        extra: dict[str, Any] = {}
+        if masks is not None:
+            masks = np.asarray(masks, dtype=np.uint8)
+            if masks.shape != (n, *image.shape[:2]):
+                raise ValueError(f"target['masks'] must be N x H x W = {(n, *image.shape[:2])}, got {masks.shape}")
+            extra = {"masks": masks} if n else {}
+        out = self.compose(image=image, bboxes=boxes, box_index=np.arange(n, dtype=np.int64), **extra)
+        # albumentations drops boxes but transforms every mask: the box index carried through label_fields
+        # re-aligns the instance masks with the kept boxes
         keep = np.asarray(out["box_index"], dtype=np.int64).reshape(-1)
         new_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         new_target: dict[str, Any] = {}
         for key, value in target.items():
             if key == "boxes":
                 new_target[key] = new_boxes
+            elif key == "masks":
+                h, w = out["image"].shape[:2]
+                new_target[key] = np.asarray(out["masks"], np.uint8)[keep] if n else np.zeros((0, h, w), np.uint8)
             elif is_per_box(key, value, n):
                 new_target[key] = select_boxes(value, keep)
             else:
@@ -295,7 +310,7 @@ def _det_train(
         raise ValueError(f"max_zoom_out must be a number >= 1, got {max_zoom_out!r}")
     pipeline = [
         *_photometric(photometric),
-        ZoomOut(max_ratio=float(max_zoom_out), fill=_fill(fill), p=_prob(zoom_out_p, "zoom_out_p")),
+        ZoomOut(max_ratio=float(max_zoom_out), fill=_fill(fill), fill_mask=0, p=_prob(zoom_out_p, "zoom_out_p")),
         MinIoURandomCrop(min_ious=_min_ious(min_ious)),
         A.HorizontalFlip(p=_prob(flip_p, "flip_p")),
         *resize,

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["PAIRS", "V3_VARIANTS", "V3_TRAIN", "build", "count_params", "count_macs", "interleaved", "ratio_summary",
-           "train_step", "train_step_subprocess", "peak_rss_mb", "ort_op_profile", "v3_costs"]
+           "train_step", "train_step_subprocess", "peak_rss_mb", "ort_op_profile", "v3_costs", "MASKRCNN_COSTS",
+           "maskrcnn_costs"]
 
 
 def _det_images(size: int) -> Callable[[int], list[Tensor]]:
@@ -55,6 +56,12 @@ PAIRS: dict[str, dict[str, Any]] = {
         kind="det", size="320x320",
         ghost=("fasterrcnn_ghostnet_fpn", dict(num_classes=91, **FRCNN_320)),
         peer=("fasterrcnn_mobilenet_v3_large_320_fpn", dict(num_classes=91)),
+        input=_det_images(320)),
+    # torchvision has no MobileNetV3 Mask R-CNN: the peer is ours, built as fasterrcnn_mobilenet_v3_large_fpn
+    "maskrcnn": dict(
+        kind="det", size="320x320",
+        ghost=("maskrcnn_ghostnet_fpn", dict(num_classes=91, **FRCNN_320)),
+        peer=("maskrcnn_mobilenet_v3_large_fpn", dict(num_classes=91, **FRCNN_320)),
         input=_det_images(320)),
     "deeplabv3": dict(
         kind="seg", size="512x1024",
@@ -92,6 +99,50 @@ def v3_costs(names: tuple[str, ...] = V3_VARIANTS, size: int = 224) -> dict[str,
         reparameterize(model)
         row.update(deploy_params_m=count_params(model) / 1e6, deploy_macs_g=count_macs(model, x) / 1e9)
         out[name] = row
+    return out
+
+
+#: The rows of the Mask R-CNN cost table: ours, the MobileNetV3 peer, torchvision's ResNet-50 reference, and
+#: the "mobile" setting of ours (fewer proposals, a 2-conv mask head).
+MASKRCNN_COSTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "maskrcnn_ghostnet_fpn": ("maskrcnn_ghostnet_fpn", {}),
+    "maskrcnn_mobilenet_v3_large_fpn": ("maskrcnn_mobilenet_v3_large_fpn", {}),
+    "maskrcnn_resnet50_fpn": ("maskrcnn_resnet50_fpn", {}),
+    "maskrcnn_ghostnet_fpn mobile": ("maskrcnn_ghostnet_fpn", dict(mask_head_convs=2, rpn_post_nms_top_n_test=150)),
+}
+
+
+def maskrcnn_costs(size: int = 320, proposals: int = 1000, detections: int = 100,
+                   rows: dict[str, tuple[str, dict[str, Any]]] | None = None) -> dict[str, dict[str, float]]:
+    """Params (M) and MACs (G) of whole Mask R-CNNs (backbone, FPN, RPN, box and mask heads) on one
+    ``size x size`` image, at exactly ``proposals`` RoIs into the box head and ``detections`` into the mask head
+    (a row's kwargs may change them, e.g. ``rpn_post_nms_top_n_test``); ``backbone_macs_g`` is the part before
+    the RoI heads (backbone, FPN, RPN head: what ONNX export covers).
+
+    The counts would otherwise depend on the random weights, so RPN and box NMS are switched off and every
+    score threshold is 0 (``FlopCounterMode`` flops / 2; RoIAlign and NMS are not counted). ``rows``: name ->
+    registry spec (default :data:`MASKRCNN_COSTS`); ``maskrcnn_resnet50_fpn`` is torchvision's builder.
+    """
+    fixed = dict(num_classes=91, min_size=size, max_size=size, rpn_pre_nms_top_n_test=proposals,
+                 rpn_post_nms_top_n_test=proposals, rpn_nms_thresh=1.0, rpn_score_thresh=0.0, box_score_thresh=0.0,
+                 box_nms_thresh=1.0, box_detections_per_img=detections)
+    out = {}
+    for label, (name, kwargs) in (MASKRCNN_COSTS if rows is None else rows).items():
+        torch.manual_seed(0)
+        args = {**fixed, **kwargs}
+        args["rpn_pre_nms_top_n_test"] = max(args["rpn_pre_nms_top_n_test"], args["rpn_post_nms_top_n_test"])
+        model = build((name, args))
+        x = [torch.rand(3, size, size)]
+        with torch.inference_mode():
+            n_dets = len(model(x)[0]["boxes"])
+        if n_dets != args["box_detections_per_img"]:
+            raise RuntimeError(f"{label}: {n_dets} detections, not {detections}: the MAC count would not be fixed")
+        from .export import exportable
+
+        network = exportable(model)[0]
+        out[label] = {"params_m": count_params(model) / 1e6, "macs_g": count_macs(model, x) / 1e9,
+                      "backbone_macs_g": count_macs(network, torch.rand(1, 3, size, size)) / 1e9, "size": size,
+                      "proposals": args["rpn_post_nms_top_n_test"], "detections": n_dets}
     return out
 
 
@@ -197,6 +248,11 @@ def train_step(spec: tuple[Any, ...], batch: int, size: int = 320, steps: int = 
     torch.manual_seed(0)
     model = build(spec).train()
     images, targets = _det_batch(batch, size)
+    if getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)():  # Mask R-CNN: each box filled
+        for image, t in zip(images, targets):
+            yy, xx = torch.arange(image.shape[1])[:, None] + 0.5, torch.arange(image.shape[2])[None] + 0.5
+            b = t["boxes"][:, :, None, None]
+            t["masks"] = ((xx > b[:, 0]) & (xx < b[:, 2]) & (yy > b[:, 1]) & (yy < b[:, 3])).to(torch.uint8)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     times, base, reset = [], 0.0, False
     for i in range(steps):

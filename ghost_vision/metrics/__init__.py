@@ -1,6 +1,7 @@
 """Official-grade evaluation metrics (torchmetrics ``Metric`` subclasses, DDP-safe).
 
-- :class:`CocoMeanAP`: COCO box mAP/mAR through pycocotools' ``COCOeval``, identical to running it directly.
+- :class:`CocoMeanAP`: COCO box (and, with ``iou_type=("bbox", "segm")``, mask) mAP/mAR through pycocotools'
+  ``COCOeval``, identical to running it directly.
 - :class:`VOCMeanAP`: Pascal VOC mAP@0.5 (VOC2007 11-point or VOC2010+ area), difficult objects ignored.
 - :class:`SegmentationMetric`: mIoU / per-class IoU / pixel accuracy from one confusion matrix (Cityscapes).
 - :class:`PerImageMean`: the mean of one value per image (e.g. the validation loss).

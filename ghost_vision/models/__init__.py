@@ -6,6 +6,7 @@ from .detection import (
     fasterrcnn_ghostnet_fpn,
     fcos_ghostnet_fpn,
     ghostnet_fpn_backbone,
+    maskrcnn_ghostnet_fpn,
     retinanet_ghostnet_fpn,
     ssdlite320_ghostnet,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "get_model",
     "ghostnet_fpn_backbone",
     "lraspp_ghostnet",
+    "maskrcnn_ghostnet_fpn",
     "retinanet_ghostnet_fpn",
     "ssdlite320_ghostnet",
     "ghostnet_050",

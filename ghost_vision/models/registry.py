@@ -6,10 +6,11 @@ Kinds:
   variant added to that table is listed without an edit here); ``get_model("ghostnet_100")`` is the
   ImageNet classifier, ``features_only=True`` the feature backbone (see
   :func:`~ghost_vision.models.create_ghostnet`).
-* ``"detector"``: SSDLite and the FPN detectors (Faster R-CNN, RetinaNet, FCOS).
+* ``"detector"``: SSDLite and the FPN detectors (Faster R-CNN, RetinaNet, FCOS, Mask R-CNN).
 * ``"segmenter"``: DeepLab-lite and LR-ASPP.
 * ``"peer"``: torchvision's MobileNetV3 counterparts the benchmarks (docs/benchmarks.md) compare with, plus
-  ``mobilenet_v3_large_features`` (the trunk, peer of the GhostNet feature backbone).
+  ``mobilenet_v3_large_features`` (the trunk, peer of the GhostNet feature backbone) and
+  ``maskrcnn_mobilenet_v3_large_fpn`` (peer of ``maskrcnn_ghostnet_fpn``).
 
 Like the GhostNet builders, a peer is randomly initialised unless asked otherwise: ``weights`` and
 ``weights_backbone`` default to ``None`` (torchvision's builders would download ImageNet backbone weights);
@@ -38,8 +39,9 @@ from typing import Any
 from torch import nn
 
 from . import factory
-from .detection import fasterrcnn_ghostnet_fpn, fcos_ghostnet_fpn, retinanet_ghostnet_fpn, ssdlite320_ghostnet
-from .peers import NormalizedInput, is_segmentation_builder, peer_transforms
+* ``"peer"``: torchvision's MobileNetV3 counterparts the benchmarks (docs/benchmarks.md) compare with, plus
+  ``mobilenet_v3_large_features`` (the trunk, peer of the GhostNet feature backbone) and
+  ``maskrcnn_mobilenet_v3_large_fpn`` (peer of ``maskrcnn_ghostnet_fpn``).
 from .segmentation import deeplabv3_ghostnet, lraspp_ghostnet
 
 __all__ = ["KINDS", "get_model", "list_models", "model_kind"]
@@ -51,12 +53,14 @@ _DETECTORS: dict[str, Callable[..., nn.Module]] = {
     "fasterrcnn_ghostnet_fpn": fasterrcnn_ghostnet_fpn,
     "retinanet_ghostnet_fpn": retinanet_ghostnet_fpn,
     "fcos_ghostnet_fpn": fcos_ghostnet_fpn,
+    "maskrcnn_ghostnet_fpn": maskrcnn_ghostnet_fpn,
 }
 _SEGMENTERS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3_ghostnet": deeplabv3_ghostnet,
     "lraspp_ghostnet": lraspp_ghostnet,
 }
-#: torchvision builders of the MobileNetV3 peers (``mobilenet_v3_large_features`` is defined below).
+#: torchvision builders of the MobileNetV3 peers (``mobilenet_v3_large_features`` is defined below,
+#: ``maskrcnn_mobilenet_v3_large_fpn`` in :mod:`ghost_vision.models.detection.maskrcnn`: torchvision has neither).
 _PEERS = (
     "mobilenet_v3_large",
     "mobilenet_v3_small",
@@ -64,6 +68,7 @@ _PEERS = (
     "ssdlite320_mobilenet_v3_large",
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "maskrcnn_mobilenet_v3_large_fpn",
     "deeplabv3_mobilenet_v3_large",
     "lraspp_mobilenet_v3_large",
 )
@@ -79,8 +84,10 @@ def _mobilenet_v3_large_features(*, weights: Any = None, **kwargs: Any) -> nn.Mo
 def _torchvision_builder(name: str) -> Callable[..., nn.Module] | None:
     import torchvision.models
 
-    if name == "mobilenet_v3_large_features":
-        return _mobilenet_v3_large_features
+    own = {"mobilenet_v3_large_features": _mobilenet_v3_large_features,
+           "maskrcnn_mobilenet_v3_large_fpn": maskrcnn_mobilenet_v3_large_fpn}
+    if name in own:
+        return own[name]
     try:
         return torchvision.models.get_model_builder(name)
     except ValueError:  # torchvision's "Unknown model name"

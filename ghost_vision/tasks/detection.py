@@ -27,6 +27,8 @@ class DetectionTask(BaseTask):
         class_names: names of labels 1..K (for drawings), linked from the DataModule.
         metric: ``"coco"`` (pycocotools, needs a DataModule with ``val_ann_file``), ``"voc07"`` (11-point)
             or ``"voc"`` (area), or ``"auto"`` (COCO when the DataModule has an annotation file).
+        iou_type: the COCO metric's ``iou_type``: ``"bbox"``, or ``["bbox", "segm"]`` for a Mask R-CNN (mask AP
+            logged as ``val/segm_map``, ... next to the box figures; train it with ``masks: true`` data).
         optimizer: ``"sgd"`` (Nesterov momentum) or ``"adamw"``; no weight decay on norms and biases.
         lr: peak learning rate (reached after the warm-up).
         momentum: SGD momentum (unused by AdamW).
@@ -51,6 +53,7 @@ class DetectionTask(BaseTask):
         num_classes: int = 91,
         class_names: Sequence[str] | None = None,
         metric: str = "auto",
+        iou_type: str | Sequence[str] = "bbox",
         optimizer: str = "sgd",
         lr: float = 0.05,
         momentum: float = 0.9,
@@ -63,6 +66,11 @@ class DetectionTask(BaseTask):
     ) -> None:
         if metric not in ("auto", "coco", "voc07", "voc"):
             raise ValueError(f"metric must be one of auto, coco, voc07, voc; got {metric!r}")
+        from ghost_vision.metrics.coco import _iou_types
+
+        iou_types = _iou_types(iou_type)
+        if "segm" in iou_types and metric in ("voc07", "voc"):
+            raise ValueError(f"iou_type {list(iou_types)} needs metric='coco' (mask AP is COCO's), got {metric!r}")
         super().__init__(
             model=model, model_kwargs=model_kwargs, num_classes=num_classes, class_names=class_names,
             optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler,
@@ -82,7 +90,11 @@ class DetectionTask(BaseTask):
         if kind == "coco":
             if ann_file is None:
                 raise ValueError("metric='coco' needs a DataModule with `val_ann_file` (a COCO annotation JSON)")
-            return CocoMeanAP(ann_file, label_to_cat_id=getattr(dm, "label_to_cat_id", None))
+            iou = self.hparams.get("iou_type", "bbox")
+            return CocoMeanAP(ann_file, label_to_cat_id=getattr(dm, "label_to_cat_id", None),
+                              iou_type=iou if isinstance(iou, str) else tuple(iou))
+        if self.hparams.get("iou_type", "bbox") not in ("bbox", ["bbox"], ("bbox",)):
+            raise ValueError("iou_type 'segm' needs the COCO metric: a DataModule with `val_ann_file`")
         return VOCMeanAP(num_classes=self.hparams.num_classes, use_07_metric=kind == "voc07")
 
     def setup(self, stage: str) -> None:
@@ -102,7 +114,8 @@ class DetectionTask(BaseTask):
         if self.skip_together(batch is None):  # all samples skipped as unreadable (skip_corrupt=True)
             return None
         images, targets = self._split(batch)
-        losses = self.model(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        keys = ("boxes", "labels", "masks")  # masks: instance masks for Mask R-CNN (``masks=True`` data)
+        losses = self.model(images, [{k: t[k] for k in keys if k in t} for t in targets])
         loss = sum(losses.values())
         loss = self.check_loss(loss, losses, batch_idx)
         if self.skip_together(loss is None):
@@ -119,7 +132,8 @@ class DetectionTask(BaseTask):
     ) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
         """Map predicted and target boxes of resized images back to the file's pixels
         (``target["orig_size"]``), so COCO's annotation file and VOC's boxes are compared in one frame
-        whatever the eval transform did. Images at their original size pass unchanged."""
+        whatever the eval transform did; predicted instance masks are resized (bilinear, on the probabilities)
+        to the original size too. Images at their original size pass unchanged."""
         out_p, out_t = [], []
         for pred, image, target in zip(preds, images, targets):
             orig = target.get("orig_size")
@@ -127,6 +141,10 @@ class DetectionTask(BaseTask):
                 sy, sx = float(orig[0]) / image.shape[-2], float(orig[1]) / image.shape[-1]
                 scale = pred["boxes"].new_tensor([sx, sy, sx, sy])
                 pred = {**pred, "boxes": pred["boxes"] * scale}
+                if "masks" in pred and pred["masks"].shape[0]:
+                    size = (int(orig[0]), int(orig[1]))
+                    pred["masks"] = torch.nn.functional.interpolate(pred["masks"], size=size, mode="bilinear",
+                                                                    align_corners=False)
                 target = {**target, "boxes": target["boxes"] * scale.to(target["boxes"])}
             out_p.append(pred)
             out_t.append(target)
@@ -149,7 +167,8 @@ class DetectionTask(BaseTask):
         values = self.val_metric.compute()
         for name, value in values.items():
             if isinstance(value, Tensor) and value.numel() == 1:
-                self.log(f"{prefix}/{name}", value.float(), prog_bar=name in ("map", "map_50"), sync_dist=False)
+                self.log(f"{prefix}/{name}", value.float(), prog_bar=name in ("map", "map_50", "segm_map"),
+                         sync_dist=False)
         self.val_metric.reset()
 
     def on_validation_epoch_end(self) -> None:

@@ -118,12 +118,28 @@ def seg_sample(index: int, num_classes: int = 4) -> tuple[torch.Tensor, torch.Te
     return logits, target
 
 
+def coco_mask_detections(image_id: int) -> dict[str, torch.Tensor]:
+    """:func:`coco_detections` plus ``N x 1 x H x W`` mask probabilities: the upper-right triangle of each box
+    (the ground truth's shape) with values straddling the 0.5 threshold (a function of the id only)."""
+    d = coco_detections(image_id)
+    g = torch.Generator().manual_seed(1000 + image_id)
+    w, h = next((w, h) for i, w, h in IMAGES if i == image_id)
+    yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    masks = torch.zeros(len(d["boxes"]), 1, h, w)
+    for k, (x0, y0, x1, y1) in enumerate(d["boxes"].tolist()):
+        tri = (xx >= x0) & (xx <= x1) & (yy >= y0) & ((xx - x0) * (y1 - y0) >= (yy - y0) * (x1 - x0))
+        masks[k, 0] = tri * (0.4 + 0.6 * torch.rand(h, w, generator=g))
+    return {**d, "masks": masks}
+
+
 def evaluate_indices(indices: list[int], ann_file: str, results_file: str | None = None) -> dict:
     """Feed the samples ``indices`` (in this order, batches of 2) to every metric and compute them all."""
     from ghost_vision.metrics import CocoMeanAP, SegmentationMetric, VOCMeanAP
 
     metrics = {
         "coco": CocoMeanAP(ann_file, results_file=results_file),
+        "coco_segm": CocoMeanAP(ann_file, iou_type=("bbox", "segm"),
+                                results_file=None if results_file is None else results_file.replace(".json", "_m.json")),
         "voc07": VOCMeanAP(num_classes=4, use_07_metric=True),
         "voc_area": VOCMeanAP(class_names=("a", "b", "c"), use_07_metric=False),
         "seg": SegmentationMetric(4),
@@ -133,6 +149,7 @@ def evaluate_indices(indices: list[int], ann_file: str, results_file: str | None
         batch = indices[k : k + 2]
         img_ids = [IMAGES[i][0] for i in batch]
         metrics["coco"].update([coco_detections(i) for i in img_ids], [{"image_id": i} for i in img_ids])
+        metrics["coco_segm"].update([coco_mask_detections(i) for i in img_ids], [{"image_id": i} for i in img_ids])
         voc = [voc_sample(i) for i in batch]
         for name in ("voc07", "voc_area"):
             metrics[name].update([v[0] for v in voc], [v[1] for v in voc])

@@ -44,7 +44,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     assert len(seen) == n + 1 and sorted(set(seen)) == list(range(n))  # padding really repeats an image
     assert seen != sorted(seen)  # and the order differs from the 1-process run
     for r in ranks:
-        for name in ("coco", "voc07", "voc_area", "seg"):
+        for name in ("coco", "coco_segm", "voc07", "voc_area", "seg"):
             assert_same(r["out"][name], single[name])
     # the check has teeth: the metric that cannot de-duplicate (no image ids) counts the padding twice
     assert not torch.equal(
@@ -54,4 +54,10 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     # rank 0 wrote the results file, with the same content as the 1-process run
     written = json.loads((tmp_path / "results.json").read_text())
     assert written == json.loads((single_dir / "results.json").read_text())
+    # mask AP: the RLE byte states gather across ranks (uneven lengths) to the 1-process numbers and results
+    for name in ("results_m.json", "results_m_segm.json"):
+        assert json.loads((tmp_path / name).read_text()) == json.loads((single_dir / name).read_text())
+    assert 0.0 < single["coco_segm"]["segm_map"].item() < 1.0
+    assert single["coco_segm"]["segm_map"] != single["coco_segm"]["map"]
+    assert all(torch.equal(single["coco_segm"][k], single["coco"][k]) for k in single["coco"])
     assert 0.0 < single["coco"]["map"].item() < 1.0 and 0.0 < single["voc07"]["map"].item() < 1.0

@@ -25,6 +25,10 @@ TINY = {
         "--model.init_args.model_kwargs", "{width: 0.5, min_size: 128, max_size: 160}",
         "--data.init_args.batch_size", "2", "--data.init_args.val_batch_size", "1",
     ],
+    "maskrcnn_ghost_fpn_shapes.yaml": [
+        "--model.init_args.model_kwargs", "{width: 0.5, min_size: 128, max_size: 160, box_detections_per_img: 20}",
+        "--data.init_args.batch_size", "2", "--data.init_args.val_batch_size", "1",
+    ],
     "deeplabv3_ghost_shapes.yaml": [
         "--model.init_args.model_kwargs", "{output_stride: 16, decoder: true, width: 0.5}",
         "--data.init_args.batch_size", "2", "--data.init_args.crop_size", "64",

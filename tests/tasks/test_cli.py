@@ -80,12 +80,15 @@ def _check_eval_and_test(run: dict, task_cls: type, prefix_keys: set[str], tmp_p
     assert type(task) is task_cls
     cli_data = {"ssdlite_ghost_shapes.yaml": "SyntheticCocoDataModule",
                 "fasterrcnn_ghost_fpn_shapes.yaml": "SyntheticCocoDataModule",
+                "maskrcnn_ghost_fpn_shapes.yaml": "SyntheticCocoDataModule",
                 "deeplabv3_ghost_shapes.yaml": "SyntheticCityscapesDataModule"}[run["config"]]
     import ghost_vision.data as gd
 
     dm_kwargs = {"root": str(run["tmp"] / "data"), "num_train": 8, "num_val": 4, "num_workers": 0}
     if task_cls is DetectionTask:
         dm_kwargs["val_batch_size"] = 1
+    if run["config"].startswith("maskrcnn"):
+        dm_kwargs["masks"] = True
     dm = getattr(gd, cli_data)(**dm_kwargs)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_test_batches=2, default_root_dir=tmp_path)
@@ -171,6 +174,19 @@ def test_fasterrcnn_fit_validate_eval_test(tmp_path_factory, tmp_path):
     _check_eval_and_test(run, DetectionTask, COCO_KEYS, tmp_path)
 
 
+@pytest.mark.slow
+def test_maskrcnn_fit_validate_eval_test_infer(tmp_path_factory, tmp_path):
+    """The Mask R-CNN recipe end to end: box and mask AP (segm_*) from fit's validate, eval and test; infer
+    draws the masks."""
+    run = train_tiny("maskrcnn_ghost_fpn_shapes.yaml", tmp_path_factory.mktemp("maskrcnn"))
+    _check_run(run, COCO_KEYS | {f"segm_{k}" for k in COCO_KEYS})
+    _check_eval_and_test(run, DetectionTask, COCO_KEYS | {f"segm_{k}" for k in COCO_KEYS}, tmp_path)
+    image = next((run["tmp"] / "data" / "val2017").glob("*.jpg"))
+    written = run_tool("infer", "--ckpt_path", str(run["best"][0]), str(image), "--out", str(tmp_path / "pred"),
+                       "--score_thresh", "0")
+    assert written[0].stat().st_size > 1000
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_print_config(config, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -216,7 +232,7 @@ def test_ema_callback_validates_and_checkpoints_the_averaged_weights(tmp_path):
 
 
 REAL_DATA_CONFIGS = ["deeplabv3_ghost_cityscapes.yaml", "deeplabv3_ghost_voc.yaml", "fasterrcnn_ghost_fpn_coco.yaml",
-                     "ssdlite_ghost_coco.yaml", "ssdlite_ghost_voc.yaml"]
+                     "maskrcnn_ghost_fpn_coco.yaml", "ssdlite_ghost_coco.yaml", "ssdlite_ghost_voc.yaml"]
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))

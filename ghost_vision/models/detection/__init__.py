@@ -1,4 +1,5 @@
-"""GhostNet detectors built on torchvision's detection models (SSDLite, Faster R-CNN, RetinaNet, FCOS)."""
+"""GhostNet detectors built on torchvision's detection models (SSDLite, Faster R-CNN, RetinaNet, FCOS,
+Mask R-CNN)."""
 
 from typing import Any
 
@@ -9,6 +10,7 @@ from .fpn import (
     ghostnet_fpn_backbone,
     retinanet_ghostnet_fpn,
 )
+from .maskrcnn import maskrcnn_ghostnet_fpn, maskrcnn_mobilenet_v3_large_fpn, maskrcnn_on_fpn
 from .ssdlite import SSDLiteFeatureExtractorGhostNet, ssdlite320_ghostnet
 
 __all__ = [
@@ -17,6 +19,9 @@ __all__ = [
     "fasterrcnn_ghostnet_fpn",
     "fcos_ghostnet_fpn",
     "ghostnet_fpn_backbone",
+    "maskrcnn_ghostnet_fpn",
+    "maskrcnn_mobilenet_v3_large_fpn",
+    "maskrcnn_on_fpn",
     "retinanet_ghostnet_fpn",
     "ssdlite320_ghostnet",
 ]

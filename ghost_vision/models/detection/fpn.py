@@ -66,6 +66,12 @@ class GhostNetFPNBackbone(BackboneWithFPN):
         extra = {LastLevelMaxPool: 1, LastLevelP6P7: 2}.get(type(extra_blocks), 0)
         self.strides: list[int] = list(body.strides) + [body.strides[-1] * 2 ** (i + 1) for i in range(extra)]
 
+    @property
+    def level_names(self) -> list[str]:
+        """Keys of the FPN levels proper (the body's ``"0"``, ``"1"``, ...; not the extra block's ``"pool"``):
+        the ``featmap_names`` an RoI pooler must be given."""
+        return [str(i) for i in range(len(self.body.out_channels))]
+
 
 def ghostnet_fpn_backbone(
     name: str = "ghostnet_100",
@@ -182,9 +188,14 @@ def fasterrcnn_ghostnet_fpn(
     if returned_layers is None:
         returned_layers = FASTERRCNN_RETURNED_LAYERS
     bb = _detector_backbone(width, backbone, weights_backbone, trainable_backbone_layers, returned_layers, None)
-    anchor_sizes = ((32, 64, 128, 256, 512),) * len(bb.strides)
-    anchor_generator = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
-    return FasterRCNN(bb, num_classes, rpn_anchor_generator=anchor_generator, **kwargs)
+    return FasterRCNN(bb, num_classes, rpn_anchor_generator=rcnn_anchor_generator(len(bb.strides)), **kwargs)
+
+
+def rcnn_anchor_generator(num_maps: int) -> AnchorGenerator:
+    """The RPN anchors of torchvision's ``fasterrcnn_mobilenet_v3_large_fpn``: sizes 32-512 with aspect ratios
+    0.5, 1, 2 on each of the ``num_maps`` output maps (shared by the Faster and Mask R-CNN builders)."""
+    anchor_sizes = ((32, 64, 128, 256, 512),) * num_maps
+    return AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * num_maps)
 
 
 def retinanet_ghostnet_fpn(
