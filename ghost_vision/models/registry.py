@@ -39,9 +39,15 @@ from typing import Any
 from torch import nn
 
 from . import factory
-* ``"peer"``: torchvision's MobileNetV3 counterparts the benchmarks (docs/benchmarks.md) compare with, plus
-  ``mobilenet_v3_large_features`` (the trunk, peer of the GhostNet feature backbone) and
-  ``maskrcnn_mobilenet_v3_large_fpn`` (peer of ``maskrcnn_ghostnet_fpn``).
+from .detection import (
+    fasterrcnn_ghostnet_fpn,
+    fcos_ghostnet_fpn,
+    maskrcnn_ghostnet_fpn,
+    maskrcnn_mobilenet_v3_large_fpn,
+    retinanet_ghostnet_fpn,
+    ssdlite320_ghostnet,
+)
+from .peers import NormalizedInput, is_segmentation_builder, peer_transforms
 from .segmentation import deeplabv3_ghostnet, lraspp_ghostnet
 
 __all__ = ["KINDS", "get_model", "list_models", "model_kind"]
