@@ -37,6 +37,13 @@ def maskrcnn_on_fpn(
     mask RoIAlign 14x14 (sampling ratio 2, torchvision's) over ``level_names``; a mask head of
     ``mask_head_convs`` 3x3 convs of 256 channels (torchvision's is 4; 0 feeds the pooled features straight to
     the predictor's deconvolution). ``kwargs`` go to ``MaskRCNN``.
+
+    Example:
+        >>> from ghost_vision.models.detection import ghostnet_fpn_backbone, maskrcnn_on_fpn
+        >>> backbone = ghostnet_fpn_backbone("ghostnet_050")
+        >>> model = maskrcnn_on_fpn(backbone, backbone.level_names, num_classes=3, mask_head_convs=2)
+        >>> len(model.roi_heads.mask_head), model.roi_heads.mask_roi_pool.featmap_names == backbone.level_names
+        (2, True)
     """
     if isinstance(mask_head_convs, bool) or not isinstance(mask_head_convs, int) or mask_head_convs < 0:
         raise ValueError(f"mask_head_convs must be an int >= 0, got {mask_head_convs!r}")
