@@ -21,7 +21,7 @@ from ghost_vision.commands.train_benchmark import (
     result_path,
     run_benchmark,
 )
-from ghost_vision.commands.train_benchmark_report import pareto_front
+from ghost_vision.commands.train_benchmark_report import aggregate, pareto_front
 
 GHOST = {"name": "ghost_050", "model": "ssdlite320_ghostnet", "model_kwargs": {"width": 0.5}}
 PEER = {"name": "peer", "model": "ssdlite320_mobilenet_v3_large", "peer": True}
@@ -92,9 +92,27 @@ def test_spec_errors_name_the_file_and_key(tmp_path):
         load_spec(bad)
     with pytest.raises(FileNotFoundError, match="ssdlite_shapes2k"):
         load_spec("no_such_benchmark")
+    bad.write_text(yaml.safe_dump({"recipe": "x", "metric": "map", "seeds": [0], "max_steps": 1,
+                                   "entries": [GHOST, {**GHOST, "name": "g2", "vs": "ghost_050"}]}))
+    with pytest.raises(ValueError, match="vs: 'ghost_050' is not an entry with peer: true"):
+        load_spec(bad)
     # the packaged specs read, and name recipes that exist
+    assert {e["name"]: e.get("vs") for e in load_spec("seg_shapes")["entries"]}["lraspp_ghost_100"] == \
+        "lraspp_mnv3_peer"
     for name in ("ssdlite_shapes2k", "ssdlite_raccoon", "seg_shapes"):
         assert Path(load_spec(name)["recipe"]).is_file()
+
+
+def test_each_entry_is_compared_with_its_own_peer():
+    entries = [{"name": n, "model": "m", "model_kwargs": {}, **extra} for n, extra in (
+        ("a", {"vs": "pa"}), ("pa", {"peer": True}), ("b", {"vs": "pb"}), ("pb", {"peer": True}))]
+    results = {n: [{"seed": 0, "metrics": {"miou": v}}] for n, v in (("a", 0.3), ("pa", 0.6), ("b", 0.5), ("pb", 0.4))}
+    costs = {n: {"macs_g": m} for n, m in (("a", 1.0), ("pa", 4.0), ("b", 0.5), ("pb", 0.25))}
+    rows = aggregate({"metric": "miou", "recipe": "r", "max_steps": 1, "seeds": [0], "entries": entries}, results,
+                     costs)["rows"]
+    assert [(r["vs"], r["metric_vs_peer"], r["macs_vs_peer"]) for r in rows] == [
+        ("pa", 0.5, 0.25), ("pa", 1.0, 1.0), ("pb", 1.25, 2.0), ("pb", 1.0, 1.0)]
+    assert rows[0]["std"] is None  # one seed: no spread
 
 
 def test_pareto_front():

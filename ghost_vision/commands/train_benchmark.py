@@ -15,6 +15,9 @@ accuracy metric, seeds, the step budget and the entries::
       - {name: ghost_100, model: ssdlite320_ghostnet, model_kwargs: {width: 1.0}}
       - {name: mnv3_peer, model: ssdlite320_mobilenet_v3_large, peer: true, args: [--model.init_args.lr, "0.003"]}
 
+(``peer: true`` marks a peer; with several, an entry's ratios are to the one its ``vs:`` names, default the
+first.)
+
 Every (entry, seed) run is ``ghost-vision train RECIPE`` (:func:`ghost_vision.cli.train`, in a subprocess by
 default) with ``--seed_everything SEED --trainer.max_steps N``, no validation until the end, and its final
 weights validated; its result is written to ``OUT/results/ENTRY__seedS.json`` as soon as it finishes. Run the
@@ -52,7 +55,7 @@ __all__ = ["BENCHMARKS_DIR", "load_spec", "run_args", "run_benchmark", "main"]
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "configs" / "benchmarks"
 _SPEC_KEYS = {"recipe", "metric", "seeds", "max_steps", "checkpoint_every", "cost_input", "args", "entries", "kind"}
-_ENTRY_KEYS = {"name", "model", "model_kwargs", "args", "peer", "label"}
+_ENTRY_KEYS = {"name", "model", "model_kwargs", "args", "peer", "vs", "label"}
 
 
 def spec_path(name_or_path: str | os.PathLike) -> Path:
@@ -95,7 +98,7 @@ def load_spec(name_or_path: str | os.PathLike) -> dict[str, Any]:
         raise bad(f"kind must be 'det' or 'seg', got {spec['kind']!r}")
     entries = spec["entries"]
     if not isinstance(entries, list) or not entries:
-        raise bad("'entries' is a non-empty list of {name, model, model_kwargs, args, peer}")
+        raise bad("'entries' is a non-empty list of {name, model, model_kwargs, args, peer, vs, label}")
     for i, e in enumerate(entries):
         if not isinstance(e, dict) or not {"name", "model"} <= set(e) or set(e) - _ENTRY_KEYS:
             raise bad(f"entries[{i}] needs 'name' and 'model' and only the keys {sorted(_ENTRY_KEYS)}, got {e!r}")
@@ -105,8 +108,12 @@ def load_spec(name_or_path: str | os.PathLike) -> dict[str, Any]:
     names = [e["name"] for e in entries]
     if len(set(names)) != len(names):
         raise bad(f"entry names repeat: {names}")
-    if sum(bool(e.get("peer")) for e in entries) > 1:
-        raise bad("at most one entry is the peer (peer: true)")
+    peers = [e["name"] for e in entries if e.get("peer")]
+    for e in entries:  # ratios of an entry are to its ``vs`` peer (default: the first peer)
+        if e.get("vs", peers[0] if peers else None) not in (*peers, None):
+            raise bad(f"entry {e['name']!r}: vs: {e['vs']!r} is not an entry with peer: true ({peers})")
+        if peers and not e.get("peer"):
+            e.setdefault("vs", peers[0])
     spec["args"] = [str(a) for a in spec["args"]]
     return spec
 

@@ -26,7 +26,7 @@ __all__ = ["aggregate", "pareto_front", "write_report", "markdown"]
 def aggregate(spec: dict[str, Any], results: dict[str, list[dict[str, Any]]],
               costs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One row per entry: the metric's mean and sample standard deviation over its finished seeds, costs, and
-    ratios to the peer (the entry with ``peer: true``)."""
+    ratios to its peer (the entry its ``vs`` names; a peer's own ratios are 1)."""
     metric = spec["metric"]
     rows = []
     for e in spec["entries"]:
@@ -47,9 +47,11 @@ def aggregate(spec: dict[str, Any], results: dict[str, list[dict[str, Any]]],
             **costs.get(e["name"], {}),
         }
         rows.append(row)
-    peer = next((r for r in rows if r["peer"] and r["n"]), None)
-    if peer:
-        for row in rows:
+    by_name = {r["name"]: r for r in rows}
+    for e, row in zip(spec["entries"], rows):
+        peer = row if row["peer"] else by_name.get(e.get("vs") or "")
+        row["vs"] = peer["name"] if peer else None
+        if peer and peer["n"]:
             for key, src in (("metric_vs_peer", "mean"), ("macs_vs_peer", "macs_g"), ("latency_vs_peer", "latency_ms"),
                              ("train_time_vs_peer", "train_wall_s")):
                 a, b = row.get(src), peer.get(src)
@@ -82,11 +84,15 @@ def _fmt(v: Any, spec: str) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     m, c = report["metric"], report["conditions"]
+    labels = {r["name"]: r["label"] for r in report["rows"]}
+    several = len({r["vs"] for r in report["rows"] if r["vs"]}) > 1
     lines = [f"| model | {m} (mean ± std) | seeds | params (M) | MACs (G) | latency (ms) | {m} / peer "
              "| MACs / peer | latency / peer | train time / peer |", "|" + "---|" * 10]
     for r in report["rows"]:
         acc = f"{_fmt(r['mean'], '.3f')} ± {_fmt(r['std'], '.3f')}" if r["n"] else "not run"
         name = f"**{r['label']}** (peer)" if r["peer"] else r["label"]
+        if several and r["vs"] and not r["peer"]:
+            name += f" (vs {labels[r['vs']]})"
         lines.append(f"| {name} | {acc} | {r['n']} | {_fmt(r.get('params_m'), '.2f')} | "
                      f"{_fmt(r.get('macs_g'), '.3f')} | {_fmt(r.get('latency_ms'), '.1f')} | "
                      f"{_fmt(r.get('metric_vs_peer'), '.2f')} | {_fmt(r.get('macs_vs_peer'), '.2f')} | "
