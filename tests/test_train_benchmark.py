@@ -20,6 +20,7 @@ from ghost_vision.commands.train_benchmark import (
     load_spec,
     result_path,
     run_benchmark,
+    train_loss_end,
 )
 from ghost_vision.commands.train_benchmark_report import aggregate, pareto_front
 
@@ -33,7 +34,7 @@ def _spec(tmp: Path, entries: list[dict], **over) -> Path:
             "args": ["--data.init_args.root", str(tmp / "data"), "--data.init_args.num_train", "8",
                      "--data.init_args.num_val", "4", "--data.init_args.num_workers", "0",
                      "--data.init_args.batch_size", "4", "--data.init_args.val_batch_size", "1",
-                     "--trainer.limit_val_batches", "2"], **over}
+                     "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1"], **over}
     path = tmp / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -115,6 +116,18 @@ def test_each_entry_is_compared_with_its_own_peer():
     assert rows[0]["std"] is None  # one seed: no spread
 
 
+def test_train_loss_end_reads_every_log_version_of_a_resumed_run(tmp_path):
+    header = "epoch,step,train/loss_step,val/map\n"
+    (tmp_path / "logs" / "version_0").mkdir(parents=True)
+    (tmp_path / "logs" / "version_1").mkdir()
+    (tmp_path / "logs" / "version_0" / "metrics.csv").write_text(
+        header + "".join(f"0,{s},{10 - s},\n" for s in range(1, 6)) + "0,5,,0.1\n")
+    (tmp_path / "logs" / "version_1" / "metrics.csv").write_text(header + "".join(f"0,{s},{s},\n" for s in (6, 7, 8)))
+    assert train_loss_end(tmp_path) == pytest.approx((6 + 7 + 8) / 3)  # steps >= 0.75 * 8
+    assert train_loss_end(tmp_path, tail=0.5) == pytest.approx((6 + 5 + 6 + 7 + 8) / 5)  # steps 4..8
+    assert train_loss_end(tmp_path / "nothing") is None
+
+
 def test_pareto_front():
     assert pareto_front([(1.0, 0.3), (2.0, 0.2), (2.0, 0.5), (3.0, 0.5), (0.5, 0.1)]) == [4, 0, 2]
 
@@ -162,6 +175,7 @@ def test_training_runs_record_their_seeds_and_resume(tmp_path, one_torch_thread)
     for seed in (0, 1):
         result = json.loads(result_path(out, "ghost_050", seed).read_text())
         assert result["seed"] == seed and result["num_classes"] == 5 and not result["resumed"]
+        assert result["train_loss_end"] > 0
         assert set(result["metrics"]) >= {"map", "map_50"}
         (config,) = (out / "runs" / f"ghost_050__seed{seed}").rglob("config.yaml")
         saved = yaml.safe_load(config.read_text())

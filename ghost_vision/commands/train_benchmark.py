@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from ghost_vision.commands.train_benchmark_report import aggregate, write_report
 
-__all__ = ["BENCHMARKS_DIR", "load_spec", "run_args", "run_benchmark", "main"]
+__all__ = ["BENCHMARKS_DIR", "load_spec", "run_args", "run_benchmark", "train_loss_end", "main"]
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "configs" / "benchmarks"
 _SPEC_KEYS = {"recipe", "metric", "seeds", "max_steps", "checkpoint_every", "cost_input", "args", "entries", "kind"}
@@ -187,6 +187,25 @@ def _num_classes(run_dir: Path) -> int | None:
     return int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["num_classes"])
 
 
+def train_loss_end(run_dir: Path, tail: float = 0.25) -> float | None:
+    """Mean of the logged ``train/loss_step`` over the last ``tail`` of the run's steps (from its CSV logs, all
+    versions of a resumed run): how far the network got on the training data, less noisy than a validation
+    metric early in training. ``None`` without logged losses."""
+    import csv
+
+    losses: dict[int, float] = {}
+    for path in sorted(run_dir.glob("logs/version_*/metrics.csv")):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("train/loss_step"):
+                    losses[int(row["step"])] = float(row["train/loss_step"])
+    if not losses:
+        return None
+    last = max(losses)
+    vals = [v for step, v in losses.items() if step >= last * (1 - tail)]
+    return sum(vals) / len(vals)
+
+
 def _write_json(path: Path, data: Any) -> None:
     """Atomic: a kill while writing leaves the old file or none, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -248,6 +267,7 @@ def run_benchmark(spec: dict[str, Any], out: str | os.PathLike, *, extra: Sequen
                 _write_json(result_path(out, entry["name"], seed), {
                     "entry": entry["name"], "seed": seed, "metrics": metrics,
                     "train_wall_s": time.perf_counter() - t0, "resumed": resumed,
+                    "train_loss_end": train_loss_end(run_dir),
                     "num_classes": _num_classes(run_dir), "fingerprint": _fingerprint(spec, entry, extra),
                     "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                     "host": platform.node()})

@@ -42,8 +42,8 @@ def aggregate(spec: dict[str, Any], results: dict[str, list[dict[str, Any]]],
             "seeds": [r["seed"] for r in res], "values": values, "n": len(values),
             "mean": statistics.fmean(values) if values else None,
             "std": statistics.stdev(values) if len(values) > 1 else None,
-            "train_wall_s": statistics.fmean(r["train_wall_s"] for r in res) if res and all(
-                "train_wall_s" in r for r in res) else None,
+            "train_wall_s": _mean(r.get("train_wall_s") for r in res),
+            "train_loss_end": _mean(r.get("train_loss_end") for r in res),
             **costs.get(e["name"], {}),
         }
         rows.append(row)
@@ -63,6 +63,12 @@ def aggregate(spec: dict[str, Any], results: dict[str, list[dict[str, Any]]],
                        "host": platform.node(), "cpu_count": os.cpu_count(),
                        "load_average": [round(v, 2) for v in os.getloadavg()]},
     }
+
+
+def _mean(values: Any) -> float | None:
+    """Mean of the values, ``None`` when there are none or one is missing."""
+    values = list(values)
+    return statistics.fmean(values) if values and None not in values else None
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -87,7 +93,7 @@ def markdown(report: dict[str, Any]) -> str:
     labels = {r["name"]: r["label"] for r in report["rows"]}
     several = len({r["vs"] for r in report["rows"] if r["vs"]}) > 1
     lines = [f"| model | {m} (mean ± std) | seeds | params (M) | MACs (G) | latency (ms) | {m} / peer "
-             "| MACs / peer | latency / peer | train time / peer |", "|" + "---|" * 10]
+             "| MACs / peer | latency / peer | train time / peer | train loss at end |", "|" + "---|" * 11]
     for r in report["rows"]:
         acc = f"{_fmt(r['mean'], '.3f')} ± {_fmt(r['std'], '.3f')}" if r["n"] else "not run"
         name = f"**{r['label']}** (peer)" if r["peer"] else r["label"]
@@ -96,10 +102,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {acc} | {r['n']} | {_fmt(r.get('params_m'), '.2f')} | "
                      f"{_fmt(r.get('macs_g'), '.3f')} | {_fmt(r.get('latency_ms'), '.1f')} | "
                      f"{_fmt(r.get('metric_vs_peer'), '.2f')} | {_fmt(r.get('macs_vs_peer'), '.2f')} | "
-                     f"{_fmt(r.get('latency_vs_peer'), '.2f')} | {_fmt(r.get('train_time_vs_peer'), '.2f')} |")
+                     f"{_fmt(r.get('latency_vs_peer'), '.2f')} | {_fmt(r.get('train_time_vs_peer'), '.2f')} | "
+                     f"{_fmt(r.get('train_loss_end'), '.3f')} |")
     first = next((r for r in report["rows"] if "cost_input" in r), {})
     lines += ["", f"Recipe `{Path(report['recipe']).name}`, {report['max_steps']} training steps, seeds "
-              f"{report['seeds']}; std is the sample standard deviation over seeds. MACs and batch-1 latency of "
+              f"{report['seeds']}; std is the sample standard deviation over seeds; train loss at end: the mean logged "
+              f"training loss over the last quarter of the steps, mean over seeds. MACs and batch-1 latency of "
               f"the fast path (`ghost_vision.deploy.optimize`) at {first.get('cost_input', '–')} on "
               f"{first.get('latency_threads', '–')} thread(s), {first.get('latency_rounds', '–')} interleaved "
               f"rounds; {c['date']}, {c['cpu_count']} CPUs, load average {c['load_average']}."]
