@@ -95,7 +95,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"| model | {m} (mean ± std) | seeds | params (M) | MACs (G) | latency (ms) | {m} / peer "
              "| MACs / peer | latency / peer | train time / peer | train loss at end |", "|" + "---|" * 11]
     for r in report["rows"]:
-        acc = f"{_fmt(r['mean'], '.3f')} ± {_fmt(r['std'], '.3f')}" if r["n"] else "not run"
+        small = r["n"] and abs(r["mean"]) < 0.01  # early in training: 0.000 ± 0.000 would hide the numbers
+        acc = f"{_fmt(r['mean'], '.1e' if small else '.3f')} ± {_fmt(r['std'], '.1e' if small else '.3f')}" \
+            if r["n"] else "not run"
         name = f"**{r['label']}** (peer)" if r["peer"] else r["label"]
         if several and r["vs"] and not r["peer"]:
             name += f" (vs {labels[r['vs']]})"
