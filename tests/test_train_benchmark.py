@@ -126,6 +126,10 @@ def test_train_loss_end_reads_every_log_version_of_a_resumed_run(tmp_path):
     assert train_loss_end(tmp_path) == pytest.approx((6 + 7 + 8) / 3)  # steps >= 0.75 * 8
     assert train_loss_end(tmp_path, tail=0.5) == pytest.approx((6 + 5 + 6 + 7 + 8) / 5)  # steps 4..8
     assert train_loss_end(tmp_path / "nothing") is None
+    for version, loss in ((2, 30), (10, 20)):  # version 10 is read after version 2 (not in string order)
+        (tmp_path / "logs" / f"version_{version}").mkdir()
+        (tmp_path / "logs" / f"version_{version}" / "metrics.csv").write_text(header + f"0,8,{loss},\n")
+    assert train_loss_end(tmp_path) == pytest.approx((6 + 7 + 20) / 3)
 
 
 def test_pareto_front():

@@ -194,7 +194,8 @@ def train_loss_end(run_dir: Path, tail: float = 0.25) -> float | None:
     import csv
 
     losses: dict[int, float] = {}
-    for path in sorted(run_dir.glob("logs/version_*/metrics.csv")):
+    paths = run_dir.glob("logs/version_*/metrics.csv")  # in version order: a resumed run's later log wins
+    for path in sorted(paths, key=lambda p: int(p.parent.name.removeprefix("version_") or 0)):
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 if row.get("train/loss_step"):
