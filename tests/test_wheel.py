@@ -58,8 +58,9 @@ def test_wheel_installs_and_runs_from_an_empty_directory(tmp_path: Path) -> None
          str(src)], cwd=tmp_path)
     (wheel,) = dist.glob("ghost_vision-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    recipes = sorted(p.name for p in (REPO / "ghost_vision" / "configs").glob("*.yaml"))
-    assert sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("ghost_vision/configs/")) == recipes
+    # the recipes and the train-benchmark specs with their recipes (configs/benchmarks/, configs/benchmarks/recipes/)
+    recipes = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "ghost_vision" / "configs").rglob("*.yaml"))
+    assert sorted(n for n in names if n.startswith("ghost_vision/configs/")) == recipes
     assert not [n for n in names if n.startswith(("tests/", "tools/", "configs/"))]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "ghost-vision = ghost_vision.commands:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -6,6 +6,7 @@
     ghost-vision infer --ckpt_path last.ckpt photo.jpg     # predictions drawn on images
     ghost-vision export ghostnet_100 --out exported        # ONNX + TorchScript (needs ghost-vision[onnx])
     ghost-vision benchmark --quick --pairs backbone        # Ghost models vs MobileNetV3 peers on this CPU
+    ghost-vision train-benchmark ssdlite_shapes2k --out b  # accuracy per cost: seeded training, Pareto plot
 
 ``ghost-vision COMMAND --help`` shows each command's options. ``tools/*.py`` in a source checkout are thin
 shims over the same functions.
@@ -28,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("ghost_vision.commands.export:main", "export a model to ONNX and TorchScript, checked on export"),
     "benchmark": ("ghost_vision.commands.benchmark:main", "Ghost models vs MobileNetV3 peers on this CPU"),
     "configs": ("ghost_vision.commands.configs:main", "list the packaged recipes, or print one"),
+    "train-benchmark": ("ghost_vision.commands.train_benchmark:main",
+                        "accuracy per cost: train Ghost models and peers over seeds, table + Pareto plot"),
     "make-synthetic": ("ghost_vision.commands.make_synthetic:main",
                        "write the synthetic shapes data in COCO, VOC or Cityscapes format"),
     "gpu-check": ("ghost_vision.commands.gpu_check:main", "AMP training/inference timings on a CUDA GPU"),
