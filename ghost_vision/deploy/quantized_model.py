@@ -130,7 +130,15 @@ class QuantizedModel(nn.Module):
         from torchvision.models.detection.ssd import SSD
 
         sizes = [tuple(img.shape[-2:]) for img in images]
-        image_list, _ = self.transform(list(images))
+        fixed = self.meta["transform"]["fixed_size"]
+        if fixed and all(list(s) == list(fixed) for s in sizes):
+            # already the model's size: torchvision's bilinear resize to the same size is the identity, so only
+            # normalise (the same values, without the interpolation pass)
+            from torchvision.models.detection.image_list import ImageList
+
+            image_list = ImageList(torch.stack([self.transform.normalize(img) for img in images]), sizes)
+        else:
+            image_list, _ = self.transform(list(images))
         bbox, logits = self.core(image_list.tensors)
         anchors = [self.anchors] * len(images)
         dets = SSD.postprocess_detections(self._post, {"bbox_regression": bbox, "cls_logits": logits}, anchors,

@@ -217,3 +217,99 @@ def test_ssdlite_int8(ssdlite) -> None:
     assert _rel_l2(ref_core, q.core(x)) < 0.05
     out = q(SSD_IMAGES)
     assert [sorted(d) for d in out] == [["boxes", "labels", "scores"]] * 2 and out[0]["boxes"].shape[1] == 4
+
+
+def _core_error(model: torch.nn.Module, q, x) -> float:
+    net, _ = exportable(model)
+    with torch.inference_mode():
+        ref = flatten_outputs(net(x))
+    return _rel_l2(ref, q.core(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["deeplabv3_ghostnet", "lraspp_ghostnet"])
+def test_segmenters_int8(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _trained_like(get_model(name, num_classes=3, width=0.5))
+    q = quantize(model, torch.rand(4, 3, 96, 96), num_images=4)
+    x = torch.rand(1, 3, 96, 128)
+    with torch.inference_mode():
+        ref = model(x)
+    got = q(x)
+    assert list(got) == list(ref) and got["out"].shape == ref["out"].shape == (1, 3, 96, 128)
+    assert _rel_l2([ref["out"]], [got["out"]]) < 0.1
+    # the final upsampling stays fp32: its Resize is not preceded by a DequantizeLinear of its own output
+    ops = qdq_count(q)
+    assert ops.get("Resize", 0) >= 1
+    q.save(tmp_path / "s.zip")
+    assert torch.equal(load_quantized(tmp_path / "s.zip")(x)["out"], got["out"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["retinanet_ghostnet_fpn", "fcos_ghostnet_fpn", "fasterrcnn_ghostnet_fpn"])
+def test_fpn_detectors_int8(name: str, tmp_path: Path) -> None:
+    """Backbone + head(s) int8; the torch shell around them reproduces the eval model around an fp32 core."""
+    torch.manual_seed(0)
+    model = _trained_like(get_model(name, num_classes=3, width=0.5, min_size=128, max_size=160))
+    images = [torch.rand(3, 128, 160), torch.rand(3, 120, 150)]
+    fp32 = quantize(model, torch.rand(2, 3, 128, 160), num_images=2, int8=False)
+    fp32.save(tmp_path / "d.zip")
+    loaded = load_quantized(tmp_path / "d.zip")
+    net, _ = exportable(model)
+    with torch.inference_mode():
+        ref = model(images)
+        loaded.core = lambda t: flatten_outputs(net(t))
+        got = loaded(images)
+    for r, g in zip(ref, got):
+        assert set(r) == set(g)
+        for k in r:
+            assert torch.allclose(r[k].float(), g[k].float(), atol=1e-4), k
+    q = quantize(model, torch.rand(2, 3, 128, 160), num_images=2)
+    x = net.preprocess(images) if hasattr(net, "preprocess") else model.transform(images)[0].tensors
+    assert _core_error(model, q, x) < 0.1
+    assert [sorted(d) for d in q(images)] == [["boxes", "labels", "scores"]] * 2
+
+
+@pytest.mark.slow
+def test_ghostnetv3_int8_is_the_fused_form() -> None:
+    torch.manual_seed(0)
+    model = _trained_like(create_ghostnet("ghostnetv3_050", num_classes=10))
+    keys = list(model.state_dict())
+    q = quantize(model, torch.rand(4, 3, 64, 64), num_images=4)
+    assert list(model.state_dict()) == keys  # the branches were fused on a copy: the caller's model is untouched
+    ops = qdq_count(q)
+    assert ops.get("Conv", 0) == 0 and ops["QLinearConv"] > 0
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        ref = model(x)
+    assert _rel_l2([ref], [q(x)]) < 0.05
+
+
+@pytest.mark.slow
+def test_sensitivity_ranks_groups(classifier) -> None:
+    from ghost_vision.deploy.quantize import sensitivity
+
+    rows = sensitivity(classifier, torch.rand(4, 3, 64, 64), num_images=4, depth=3)
+    assert len(rows) >= 3 and all(r["error"] >= 0 for r in rows)
+    assert [r["error"] for r in rows] == sorted((r["error"] for r in rows), reverse=True)
+    q = quantize(classifier, torch.rand(4, 3, 64, 64), num_images=4, exclude=[rows[0]["exclude"]])
+    assert q.meta["exclude"] == [rows[0]["exclude"]]
+
+
+@pytest.mark.slow
+def test_cli_export_int8(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from ghost_vision.commands.export import main
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(3):
+        Image.new("RGB", (96, 80), (40 * i, 90, 200)).save(calib / f"{i}.png")
+    report = main(["ghostnet_050", "--num-classes", "5", "--size", "64", "64", "--formats", "onnx", "--out",
+                   str(tmp_path / "out"), "--int8", "--calib", str(calib), "--calib-images", "3"])
+    q = load_quantized(report["int8"]["path"])
+    assert q(torch.rand(1, 3, 64, 64)).shape == (1, 5)
+    assert report["int8"]["fused_graph"]["Conv"] == 0
+    with pytest.raises(SystemExit):
+        main(["ghostnet_050", "--int8", "--out", str(tmp_path / "o2")])  # no --calib
