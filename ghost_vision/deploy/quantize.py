@@ -102,19 +102,33 @@ def _core_inputs(model: nn.Module, kind: str, images: list[Tensor]) -> list[Tens
 
 
 class _Reader:
-    """onnxruntime ``CalibrationDataReader``: the core inputs one by one."""
+    """onnxruntime ``CalibrationDataReader``: the core inputs one by one, in ranges (``CalibStridedMinMax``)."""
 
     def __init__(self, inputs: list[Tensor]) -> None:
-        self.inputs, self.i = inputs, 0
+        self.inputs, self.i, self.end = inputs, 0, len(inputs)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.i, self.end = start_index, min(end_index, len(self.inputs))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.i >= len(self.inputs):
+        if self.i >= self.end:
             return None
         self.i += 1
         return {"images": self.inputs[self.i - 1].contiguous().numpy()}
 
     def rewind(self) -> None:
-        self.i = 0
+        self.i, self.end = 0, len(self.inputs)
+
+
+def _stride(n: int, most: int = 16) -> int:
+    """Calibration chunk size: the largest divisor of ``n`` up to ``most`` (onnxruntime wants a divisor). Every
+    intermediate tensor of a chunk is held in memory (~100 MB per 320 px SSDLite image), and onnxruntime's
+    other knob for this, ``CalibMaxIntermediateOutputs``, drops the data it collected (1.32: "No data is
+    collected" or ranges from the last chunk only)."""
+    return max(d for d in range(1, min(n, most) + 1) if n % d == 0)
 
 
 def _match(patterns: Sequence[str], nodes: Sequence[Any]) -> list[str]:
@@ -182,7 +196,7 @@ def _quantize_file(src: Path, dst: Path, inputs: list[Tensor], *, method: str, p
             nodes_to_quantize=list(only) if only is not None else None,
             calibrate_method=getattr(q.CalibrationMethod, METHODS[method]),
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
-                           "CalibMaxIntermediateOutputs": 16}, **kwargs)
+                           "CalibStridedMinMax": _stride(len(inputs))}, **kwargs)
 
 
 def _meta(model: nn.Module, kind: str, net_outputs: Any, settings: dict[str, Any], method: str,
