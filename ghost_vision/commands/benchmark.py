@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> dict[
         from ghost_vision.commands.int8 import benchmark_int8
 
         results["int8"] = benchmark_int8(args.rounds if args.quick else 3 * args.rounds, args.threads,
-                                         num_images=2 if args.quick else 16)
+                                         num_images=2 if args.quick else 8)
     results["conditions"]["load_end"] = [round(v, 2) for v in os.getloadavg()]
     (args.out / "benchmark.json").write_text(json.dumps(results, indent=1))
     md = _md(results)
