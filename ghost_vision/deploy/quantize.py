@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import inspect
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -186,8 +187,8 @@ def _quantize_file(src: Path, dst: Path, inputs: list[Tensor], *, method: str, p
     graph = onnx.load(str(src)).graph
     excluded = sorted(set(_match(exclude, graph.node)) | set(_fp32_nodes(graph)))
     kwargs: dict[str, Any] = {}
-    if cache is not None:
-        kwargs["calibration_cache_path"] = str(cache)
+    if cache is not None and "calibration_cache_path" in inspect.signature(q.quantize_static).parameters:
+        kwargs["calibration_cache_path"] = str(cache)  # onnxruntime >= 1.2x: calibrate once for all groups
     with _quiet():
         q.quantize_static(
             str(src), str(dst), _Reader(inputs), quant_format=q.QuantFormat.QDQ, per_channel=per_channel,
