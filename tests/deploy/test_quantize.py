@@ -313,3 +313,16 @@ def test_cli_export_int8(tmp_path: Path) -> None:
     assert report["int8"]["fused_graph"]["Conv"] == 0
     with pytest.raises(SystemExit):
         main(["ghostnet_050", "--int8", "--out", str(tmp_path / "o2")])  # no --calib
+
+
+def test_missing_onnxruntime_names_the_extra(monkeypatch, classifier, tmp_path: Path) -> None:
+    import sys
+
+    from ghost_vision._optional import MissingExtraError
+
+    for name in ("onnxruntime", "onnxruntime.quantization"):
+        monkeypatch.setitem(sys.modules, name, None)  # what `import onnxruntime` sees when absent
+    with pytest.raises(MissingExtraError, match=r"pip install 'ghost-vision\[onnx\]'"):
+        quantize(classifier, torch.rand(1, 3, 64, 64), num_images=1)
+    with pytest.raises(MissingExtraError, match="onnxruntime"):
+        load_quantized(tmp_path / "any.zip")
