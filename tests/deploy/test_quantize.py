@@ -254,6 +254,7 @@ def test_fpn_detectors_int8(name: str, tmp_path: Path) -> None:
     images = [torch.rand(3, 128, 160), torch.rand(3, 120, 150)]
     fp32 = quantize(model, torch.rand(2, 3, 128, 160), num_images=2, int8=False)
     fp32.save(tmp_path / "d.zip")
+    assert b"ghost_vision" not in zipfile.ZipFile(tmp_path / "d.zip").read("shell.pt")  # torchvision classes only
     loaded = load_quantized(tmp_path / "d.zip")
     net, _ = exportable(model)
     with torch.inference_mode():
