@@ -26,7 +26,7 @@ from ghost_vision.tasks import load_task  # also importable from here (its histo
 from ghost_vision.tasks.callbacks import DrawPredictions, SkippedFiles, TrainingCurves, output_dir
 from ghost_vision.tasks.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint
 
-__all__ = ["GhostCLI", "train", "evaluate", "format_metrics", "config_args", "load_task"]
+__all__ = ["GhostCLI", "train", "evaluate", "format_metrics", "side_by_side", "config_args", "load_task"]
 
 # train()/evaluate() hand LightningCLI the arguments explicitly (the recipe name resolved) while sys.argv keeps
 # the command line as typed, for Lightning's DDP launcher; Lightning would warn about having both.
@@ -129,6 +129,22 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(fp32: dict[str, float], int8: dict[str, float]) -> str:
+    """A table of fp32 and int8 metrics and their difference.
+
+    Example:
+        >>> print(side_by_side({"map": 0.5}, {"map": 0.49}))
+        metric      fp32      int8   int8-fp32
+        ------  --------  --------  ----------
+        map       0.5000    0.4900     -0.0100
+    """
+    keys = [k for k in fp32 if k in int8]
+    width = max([len(k) for k in keys] + [6])
+    lines = [f"{'metric'.ljust(width)}      fp32      int8   int8-fp32", f"{'-' * width}  --------  --------  ----------"]
+    lines += [f"{k.ljust(width)}  {fp32[k]:8.4f}  {int8[k]:8.4f}  {int8[k] - fp32[k]:+10.4f}" for k in keys]
+    return "\n".join(lines)
+
+
 @rank_zero_only
 def _report(metrics: dict[str, float], output: str | None, default: Path, extra: dict[str, Any] | None = None) -> None:
     print(format_metrics(metrics))
@@ -201,10 +217,15 @@ def evaluate(args: Sequence[str] | None = None, *, prog: str | None = None) -> d
 
     ``args``: ``[CONFIG, --ckpt_path PATH, overrides...]`` as on the command line (``None``: ``sys.argv[1:]``).
     The model is built without reading the backbone's pretrained weights (the checkpoint restores every
-    weight), so a recipe naming ``ghostnet_100.in1k`` evaluates offline.
+    weight), so a recipe naming ``ghostnet_100.in1k`` evaluates offline. ``--int8`` also quantizes the model
+    (:func:`ghost_vision.deploy.quantize.quantize`, 200 validation images) and prints fp32 and int8 metrics
+    side by side.
     """
     from ghost_vision.models import skip_weight_loading
 
+    args = list(sys.argv[1:] if args is None else args)
+    int8 = "--int8" in args
+    args = [a for a in args if a != "--int8"]
     with skip_weight_loading():
         cli = _make_cli(args, prog)
     ckpt_path = cli.config.get("ckpt_path")
@@ -213,6 +234,25 @@ def evaluate(args: Sequence[str] | None = None, *, prog: str | None = None) -> d
     _checked_ckpt_path(cli)
     results = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, verbose=False)
     metrics = _flat(results)
+    if int8:
+        return _evaluate_int8(cli, metrics)
     _report(metrics, cli.config.get("output"), output_dir(cli.trainer) / "eval_metrics.json", _skipped(cli.trainer))
     _finish(cli.trainer)
     return metrics
+
+
+def _evaluate_int8(cli: GhostCLI, fp32: dict[str, float]) -> dict[str, float]:
+    """``eval --int8``: quantize the restored model (calibrated on the DataModule's validation images, no labels
+    used), validate again, print fp32 and int8 side by side; the JSON holds both (``int8/...`` keys)."""
+    from ghost_vision.deploy.quantize import quantize
+
+    task = cli.model.eval()
+    task.model = quantize(task.model, cli.datamodule, num_images=200)
+    int8 = _flat(cli.trainer.validate(task, datamodule=cli.datamodule, verbose=False))
+    print(side_by_side(fp32, int8))
+    out = {**fp32, **{f"int8/{k}": v for k, v in int8.items()}}
+    path = Path(cli.config.get("output") or output_dir(cli.trainer) / "eval_metrics_int8.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**out, "int8_settings": task.model.meta["settings"]}, indent=2) + "\n")
+    _finish(cli.trainer)
+    return out

@@ -18,6 +18,7 @@ Usage (the onnxruntime part needs ``pip install 'ghost-vision[onnx]'``, or ``--s
     ghost-vision benchmark --pairs --v3 --out bench_v3     # only the GhostNetV3 rows
     ghost-vision benchmark --quick --pairs backbone --out /tmp/b   # CI smoke run, < 2 min
     ghost-vision benchmark --pairs ssdlite --profile --out bench_out
+    ghost-vision benchmark --pairs --int8 --out bench_int8   # only the int8 rows (docs/int8.md)
 """
 
 from __future__ import annotations
@@ -270,6 +271,10 @@ def _md(results: dict[str, Any]) -> str:
                      f"{d.get('train_images_per_s', float('nan')):.1f} img/s → {d.get('ratio', float('nan')):.2f}×")
     if "v3" in results:
         lines += _md_v3(results["v3"])
+    if "int8" in results:
+        from ghost_vision.commands.int8 import md_int8
+
+        lines += md_int8(results["int8"])
     return "\n".join(lines) + "\n"
 
 
@@ -284,6 +289,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> dict[
     p.add_argument("--data-images", type=int, default=256)
     p.add_argument("--quick", action="store_true", help="few rounds, small batches (CI smoke run)")
     p.add_argument("--skip", nargs="*", default=[], choices=["batch8", "onnx", "train", "data"])
+    p.add_argument("--int8", action="store_true",
+                   help="add the int8 rows: SSDLite-Ghost int8 vs fp32 (onnxruntime, fast path) and the quantized peer")
     p.add_argument("--profile", action="store_true",
                    help="top ops of ghost_fast and the peer (torch.profiler) and onnxruntime's per-op profile")
     args = p.parse_args(argv)
@@ -344,6 +351,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> dict[
             results["data"] = d
     if args.v3:
         results["v3"] = _v3(args)
+    if args.int8:
+        from ghost_vision.commands.int8 import benchmark_int8
+
+        results["int8"] = benchmark_int8(args.rounds if args.quick else 3 * args.rounds, args.threads,
+                                         num_images=2 if args.quick else 8)
     results["conditions"]["load_end"] = [round(v, 2) for v in os.getloadavg()]
     (args.out / "benchmark.json").write_text(json.dumps(results, indent=1))
     md = _md(results)

@@ -16,6 +16,7 @@ Usage:
     ghost-vision export ghostnet_100_features --size 320 320
     ghost-vision export ssdlite320_ghostnet --num-classes 91 --out exported
     ghost-vision export deeplabv3_ghostnet --num-classes 19 --size 512 1024 --weights ckpt.pth
+    ghost-vision export ssdlite320_ghostnet --num-classes 4 --weights model.pth --int8 --calib ssdlite_ghost_shapes
 """
 
 from __future__ import annotations
@@ -59,7 +60,16 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> dict[
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--static", action="store_true", help="no dynamic axes")
     p.add_argument("--plain", action="store_true", help="export the model as built (no BatchNorm folding)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write NAME_int8.zip: the network core quantized (onnxruntime static QDQ, see docs/int8.md)")
+    p.add_argument("--calib", default=None, metavar="DIR_OR_RECIPE",
+                   help="--int8 calibration images: an image folder or a recipe (its validation split)")
+    p.add_argument("--calib-images", type=int, default=200, help="--int8: calibration images used")
+    p.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    p.add_argument("--exclude", nargs="*", default=None, help="--int8: node name patterns or op types kept fp32")
     args = p.parse_args(argv)
+    if args.int8 and not args.calib:
+        p.error("--int8 needs --calib DIR_OR_RECIPE (an image folder or a recipe whose validation split is read)")
     if "onnx" in args.formats:  # before building anything: say at once which extra is missing
         for module in ("onnx", "onnxruntime"):
             require(module, extra="onnx", purpose="ONNX export (checked in onnxruntime)")
@@ -87,5 +97,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> dict[
         except Exception as exc:  # noqa: BLE001 - ONNX may still be useful; say why TorchScript failed
             report["torchscript"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             print(f"TorchScript failed: {report['torchscript']['error']}")
+    if args.int8:
+        from ghost_vision.commands.int8 import export_int8
+
+        report["int8"] = export_int8(model, args.model, args.out, args.calib, num_images=args.calib_images,
+                                     method=args.calib_method, exclude=args.exclude)
     (args.out / f"{args.model}.json").write_text(json.dumps(report, indent=1))
     return report

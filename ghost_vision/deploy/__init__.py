@@ -1,4 +1,5 @@
-"""Deployment: a fast CPU inference path (:func:`optimize`), ONNX/TorchScript export and benchmarks.
+"""Deployment: a fast CPU inference path (:func:`optimize`), ONNX/TorchScript export, int8 (:func:`quantize`,
+docs/int8.md) and benchmarks.
 
 Example:
     >>> import torch
@@ -29,19 +30,25 @@ from .fuse import (
     unfused_batchnorms,
 )
 from .onnx_graph import ConcatFreeGhostModule, optimize_for_onnx
+from .quantize import quantize
+from .quantized_model import QuantizedModel, load_quantized
 from .script import freeze_network
 
+# ``quantize`` is the function (it shadows its module's name here): ghost_vision.deploy.quantize(model, ...)
 __all__ = [
     "ConcatFreeGhostModule",
     "FastGhostBottleneck",
     "FastSqueezeExcite",
     "FusedGhostModule",
     "FusedGhostModuleV2",
+    "QuantizedModel",
     "fold_bn",
     "fuse_model",
     "freeze_network",
+    "load_quantized",
     "optimize",
     "optimize_for_onnx",
+    "quantize",
     "unfused_batchnorms",
 ]
 

@@ -271,3 +271,19 @@ def test_config_errors_get_clear_messages(capsys):
         run_tool("train", str(CONFIGS / "ssdlite_ghost_shapes.yaml"), "--model.init_args.lr", "fast")
     err = capsys.readouterr().err
     assert "lr" in err and "fast" in err
+
+
+@pytest.mark.slow
+def test_eval_int8_prints_fp32_and_int8(ssdlite_run, tmp_path, capsys):
+    """``eval --int8``: the fp32 metrics are the run's, the int8 ones (``int8/...``) every COCO key, side by side."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "eval_int8.json"
+    metrics = run_tool("eval", str(CONFIGS / ssdlite_run["config"]), *tiny_args(
+        ssdlite_run["config"], tmp_path / "eval", data_root=ssdlite_run["tmp"] / "data"),
+        "--ckpt_path", str(ssdlite_run["best"][0]), "--output", str(out), "--int8")
+    saved = json.loads(out.read_text())
+    assert {k: saved[k] for k in ssdlite_run["metrics"]} == ssdlite_run["metrics"]
+    assert {f"int8/{k}" for k in COCO_KEYS} <= set(saved) and saved["int8_settings"]["activation_type"] == "QUInt8"
+    assert metrics == {k: v for k, v in saved.items() if k != "int8_settings"}
+    printed = capsys.readouterr().out
+    assert "int8-fp32" in printed and "map_50" in printed
