@@ -290,6 +290,14 @@ def quantize(
         CalibrationError: an empty calibration set, or images of the wrong channel count or size.
         QuantizationError: a model that cannot be exported, an unknown ``method``, an ``exclude`` that matches
             nothing.
+
+    Example:
+        >>> import torch
+        >>> from ghost_vision.models import create_ghostnet
+        >>> model = create_ghostnet("ghostnet_050", num_classes=10).eval()
+        >>> qmodel = quantize(model, torch.rand(4, 3, 64, 64), num_images=4, method="minmax")
+        >>> qmodel(torch.rand(1, 3, 64, 64)).shape  # called like the model: logits
+        torch.Size([1, 10])
     """
     if method not in METHODS:
         raise QuantizationError(f"method={method!r}: choose one of {', '.join(METHODS)}")

@@ -91,6 +91,15 @@ class QuantizedModel(nn.Module):
 
     Built by :func:`ghost_vision.deploy.quantize.quantize` or :func:`load_quantized`. ``meta`` holds
     what the archive needs to be self-describing (kind, output names, settings, onnxruntime version).
+
+    Example:
+        >>> import torch
+        >>> from ghost_vision.deploy import quantize
+        >>> from ghost_vision.models import get_model
+        >>> segmenter = get_model("lraspp_ghostnet", num_classes=3, width=0.5).eval()
+        >>> qmodel = quantize(segmenter, torch.rand(2, 3, 64, 64), num_images=2)
+        >>> qmodel(torch.rand(1, 3, 64, 96))["out"].shape  # segmenters: {"out": logits at the input size}
+        torch.Size([1, 3, 64, 96])
     """
 
     def __init__(self, onnx_bytes: bytes, meta: dict[str, Any], *, anchors: Tensor | None = None,
@@ -207,6 +216,19 @@ def load_quantized(path: str | os.PathLike, *, threads: int | None = None,
 
     Raises:
         QuantizedModelError: a missing, truncated or foreign file, a corrupted graph, another onnxruntime.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from ghost_vision.deploy import quantize
+        >>> from ghost_vision.models import create_ghostnet
+        >>> qmodel = quantize(create_ghostnet("ghostnet_050", num_classes=4).eval(), torch.rand(2, 3, 64, 64),
+        ...                   num_images=2)
+        >>> path = Path(tempfile.mkdtemp()) / "classifier_int8.zip"
+        >>> qmodel.save(path)
+        >>> x = torch.rand(1, 3, 64, 64)
+        >>> torch.equal(load_quantized(path)(x), qmodel(x))
+        True
     """
     ort = require("onnxruntime", extra="onnx", purpose="loading an int8 model")
     if not os.path.isfile(path):
