@@ -6,6 +6,7 @@ from .detection import (
     fasterrcnn_ghostnet_fpn,
     fcos_ghostnet_fpn,
     ghostnet_fpn_backbone,
+    nanodet_plus_ghostnet,
     retinanet_ghostnet_fpn,
     ssdlite320_ghostnet,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "get_model",
     "ghostnet_fpn_backbone",
     "lraspp_ghostnet",
+    "nanodet_plus_ghostnet",
     "retinanet_ghostnet_fpn",
     "ssdlite320_ghostnet",
     "ghostnet_050",

@@ -6,7 +6,7 @@ Kinds:
   variant added to that table is listed without an edit here); ``get_model("ghostnet_100")`` is the
   ImageNet classifier, ``features_only=True`` the feature backbone (see
   :func:`~ghost_vision.models.create_ghostnet`).
-* ``"detector"``: SSDLite and the FPN detectors (Faster R-CNN, RetinaNet, FCOS).
+* ``"detector"``: SSDLite, the FPN detectors (Faster R-CNN, RetinaNet, FCOS) and NanoDet-Plus.
 * ``"segmenter"``: DeepLab-lite and LR-ASPP.
 * ``"peer"``: torchvision's MobileNetV3 counterparts the README compares with, plus
   ``mobilenet_v3_large_features`` (the trunk, peer of the GhostNet feature backbone).
@@ -35,7 +35,13 @@ from typing import Any
 from torch import nn
 
 from . import factory
-from .detection import fasterrcnn_ghostnet_fpn, fcos_ghostnet_fpn, retinanet_ghostnet_fpn, ssdlite320_ghostnet
+from .detection import (
+    fasterrcnn_ghostnet_fpn,
+    fcos_ghostnet_fpn,
+    nanodet_plus_ghostnet,
+    retinanet_ghostnet_fpn,
+    ssdlite320_ghostnet,
+)
 from .segmentation import deeplabv3_ghostnet, lraspp_ghostnet
 
 __all__ = ["KINDS", "get_model", "list_models", "model_kind"]
@@ -47,6 +53,7 @@ _DETECTORS: dict[str, Callable[..., nn.Module]] = {
     "fasterrcnn_ghostnet_fpn": fasterrcnn_ghostnet_fpn,
     "retinanet_ghostnet_fpn": retinanet_ghostnet_fpn,
     "fcos_ghostnet_fpn": fcos_ghostnet_fpn,
+    "nanodet_plus_ghostnet": nanodet_plus_ghostnet,
 }
 _SEGMENTERS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3_ghostnet": deeplabv3_ghostnet,

@@ -1,4 +1,4 @@
-"""GhostNet detectors built on torchvision's detection models (SSDLite, Faster R-CNN, RetinaNet, FCOS)."""
+"""GhostNet detectors: torchvision's detection models (SSDLite, Faster R-CNN, RetinaNet, FCOS) and NanoDet-Plus."""
 
 from typing import Any
 
@@ -9,14 +9,26 @@ from .fpn import (
     ghostnet_fpn_backbone,
     retinanet_ghostnet_fpn,
 )
+from .nanodet import (
+    DynamicSoftLabelAssigner,
+    GFLHead,
+    GhostPAN,
+    NanoDetPlus,
+    nanodet_plus_ghostnet,
+)
 from .ssdlite import SSDLiteFeatureExtractorGhostNet, ssdlite320_ghostnet
 
 __all__ = [
+    "DynamicSoftLabelAssigner",
+    "GFLHead",
     "GhostNetFPNBackbone",
+    "GhostPAN",
+    "NanoDetPlus",
     "SSDLiteFeatureExtractorGhostNet",
     "fasterrcnn_ghostnet_fpn",
     "fcos_ghostnet_fpn",
     "ghostnet_fpn_backbone",
+    "nanodet_plus_ghostnet",
     "retinanet_ghostnet_fpn",
     "ssdlite320_ghostnet",
 ]
