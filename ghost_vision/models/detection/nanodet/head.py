@@ -135,8 +135,8 @@ class GFLHead(nn.Module):
 
     def forward(self, feats: List[Tensor]) -> Tensor:  # noqa: UP006
         outs: List[Tensor] = []  # noqa: UP006
-        for x, convs, pred in zip(feats, self.cls_convs, self.gfl_cls):
-            outs.append(pred(convs(x)))
+        for i, (convs, pred) in enumerate(zip(self.cls_convs, self.gfl_cls)):  # TorchScript: module lists first
+            outs.append(pred(convs(feats[i])))
         return _flatten_levels(outs)
 
 
@@ -180,7 +180,8 @@ class SimpleConvHead(nn.Module):
 
     def forward(self, feats: List[Tensor]) -> Tensor:  # noqa: UP006
         outs: List[Tensor] = []  # noqa: UP006
-        for x, scale in zip(feats, self.scales):
+        for i, scale in enumerate(self.scales):
+            x = feats[i]
             cls = self.gfl_cls(self.cls_convs(x))
             reg = scale(self.gfl_reg(self.reg_convs(x))).float()
             outs.append(torch.cat([cls, reg], 1))

@@ -90,6 +90,8 @@ class NanoDetPlus(nn.Module):
         self.num_classes, self.size, self.strides = num_classes, size, tuple(strides)
         self.transform = GeneralizedRCNNTransform(size, size, list(image_mean), list(image_std), size_divisible=1,
                                                   fixed_size=(size, size))
+        # kept here: optimize() freezes the head into TorchScript, which drops plain attributes
+        self.num_scores, self.reg_max = head.num_classes, head.reg_max
         self.integral = Integral(head.reg_max)
         self.assigner = DynamicSoftLabelAssigner(topk=13, iou_weight=3.0)
         self.detach_epoch, self.epoch = detach_epoch, 0
@@ -119,7 +121,7 @@ class NanoDetPlus(nn.Module):
 
     def decode(self, raw: Tensor, priors: Tensor, max_shape: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
         """``(logits (N, A, C), boxes (N, A, 4))`` from head outputs; boxes in the input's pixels."""
-        c = self.head.num_classes
+        c = self.num_scores
         dist = self.integral(raw[..., c:].float()) * priors[:, 2:3]
         return raw[..., :c], distance2bbox(priors[:, :2], dist, max_shape)
 
@@ -152,9 +154,12 @@ class NanoDetPlus(nn.Module):
             raise ValueError("targets should not be none when in training mode")
         if targets is not None:
             for t in targets:
-                boxes = t["boxes"]
+                boxes, labels = t["boxes"], t["labels"]
                 if boxes.dim() != 2 or boxes.shape[-1] != 4:
                     raise ValueError(f"expected target boxes of shape [N, 4], got {tuple(boxes.shape)}")
+                if labels.numel() and (int(labels.min()) < 1 or int(labels.max()) >= self.num_classes):
+                    raise ValueError(f"target labels must be in 1..{self.num_classes - 1} (0 is the background; "
+                                     f"num_classes={self.num_classes}), got {labels.tolist()}")
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch, targets = self.transform(images, targets)
         x = batch.tensors
@@ -186,7 +191,7 @@ class NanoDetPlus(nn.Module):
 
     def _losses(self, raw: Tensor, priors: Tensor, assigned: list[AssignResult],
                 targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        c, r = self.head.num_classes, self.head.reg_max
+        c, r = self.num_scores, self.reg_max
         w_qfl, w_giou, w_dfl = self.loss_weights
         logits, reg = raw[..., :c].reshape(-1, c), raw[..., c:].reshape(-1, 4 * (r + 1))
         labels, scores, gt_boxes = [], [], []

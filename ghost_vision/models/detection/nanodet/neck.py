@@ -98,8 +98,8 @@ class GhostPAN(nn.Module):
 
     def forward(self, inputs: List[Tensor]) -> List[Tensor]:  # noqa: UP006
         feats: List[Tensor] = []  # noqa: UP006
-        for x, reduce in zip(inputs, self.reduce_layers):
-            feats.append(reduce(x))
+        for i, reduce in enumerate(self.reduce_layers):  # module list first: TorchScript needs its length
+            feats.append(reduce(inputs[i]))
         # top-down: from the coarsest level, upsample and merge with the next finer one
         inner: List[Tensor] = [feats[-1]]  # noqa: UP006
         i = len(feats) - 2
