@@ -6,7 +6,7 @@ import copy
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Dict, List  # noqa: UP035 - TorchScript reads these annotations
+from typing import Any, Dict  # noqa: UP035 - TorchScript reads these annotations
 
 import torch
 from torch import Tensor, nn
