@@ -215,7 +215,7 @@ def test_ema_callback_validates_and_checkpoints_the_averaged_weights(tmp_path):
     assert raw_metrics != metrics, metrics
 
 
-REAL_DATA_CONFIGS = ["deeplabv3_ghost_cityscapes.yaml", "deeplabv3_ghost_voc.yaml", "fasterrcnn_ghost_fpn_coco.yaml",
+REAL_DATA_CONFIGS = ["deeplabv3_ghost_cityscapes.yaml", "deeplabv3_ghost_voc.yaml", "fasterrcnn_ghost_fpn_coco.yaml", "nanodet_ghost_coco.yaml",
                      "ssdlite_ghost_coco.yaml", "ssdlite_ghost_voc.yaml"]
 
 
