@@ -323,7 +323,7 @@ def test_overfit_loss_falls_and_map_rises() -> None:
     def evaluate() -> float:
         metric = VOCMeanAP(num_classes=3, use_07_metric=False)
         with torch.no_grad():
-            metric.update(model.eval()(images), targets)
+            metric.update(model.eval()(images), [{**t, "image_id": i} for i, t in enumerate(targets)])
         return float(metric.compute()["map"])
 
     map_before = evaluate()
