@@ -338,7 +338,7 @@ def test_overfit_loss_falls_and_map_rises() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 35)
         opt.step()
-        history.append(float(loss))
+        history.append(loss.item())
     assert sum(history[-5:]) / 5 < 0.5 * sum(history[:5]) / 5
     map_after = evaluate()
     assert map_after > max(0.5, map_before + 0.3), (map_before, map_after)
