@@ -228,6 +228,7 @@ def test_task_sets_the_epoch() -> None:
     assert seen == [7]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_ghost_pan_shapes_and_scripting() -> None:
     neck = GhostPAN([20, 56, 480], 32).eval()
     maps = [torch.rand(1, 20, 13, 13), torch.rand(1, 56, 7, 7), torch.rand(1, 480, 4, 4)]
