@@ -7,7 +7,9 @@ round by round, medians, per-round ratios and their median), the same in onnxrun
 ``optimize_for_onnx`` and exported by ``ghost_vision.deploy.export``), for detectors one training step at batch 32
 (time and RSS peak, each in a fresh process), and the SSD train preset's data-loading rate (2 workers).
 Detector latency is the network up to the head outputs (what is exported); ``*_full`` adds torchvision's
-transform and postprocessing (batch 1).
+transform and postprocessing (batch 1). The ``nanodet`` pair compares NanoDet-Plus-GhostNet with SSDLite-GhostNet
+(the detector it is meant to outdo; its "peer" columns), without NanoDet's training-only assist head except in the
+training step.
 
 ``--v3`` adds the GhostNetV3 rows: params/MACs of the training vs the fused (deploy) form of every width, the
 fused backbone's batch-1 latency against fused GhostNet v1 and the peer, and one SSDLite training step (time,

@@ -52,6 +52,11 @@ PAIRS: dict[str, dict[str, Any]] = {
         ghost=("ssdlite320_ghostnet", dict(num_classes=91)),
         peer=("ssdlite320_mobilenet_v3_large", dict(num_classes=91)),
         input=_det_images(320)),
+    "nanodet": dict(
+        kind="det", size="320x320",
+        ghost=("nanodet_plus_ghostnet", dict(num_classes=91)),
+        peer=("ssdlite320_ghostnet", dict(num_classes=91)),
+        input=_det_images(320)),
     "fasterrcnn": dict(
         kind="det", size="320x320",
         ghost=("fasterrcnn_ghostnet_fpn", dict(num_classes=91, **FRCNN_320)),
@@ -155,7 +160,9 @@ def build(spec: tuple[Any, ...]) -> nn.Module:
     from ghost_vision.models import get_model
 
     *_, name, kwargs = spec
-    return get_model(name, **kwargs).eval()
+    model = get_model(name, **kwargs).eval()
+    remove_aux = getattr(model, "remove_aux", None)  # NanoDet-Plus: its training-only assist head is no cost
+    return remove_aux() if callable(remove_aux) else model
 
 
 def count_params(model: nn.Module) -> int:

@@ -4,6 +4,8 @@ Detectors are exported up to their head outputs: decoding and NMS have data-depe
 in Python (``model.box_coder``/``model.postprocess_detections``). :func:`exportable` picks the network part:
 
 * SSD (ours or torchvision's): ``SSDHeadOutputs`` -> ``(bbox_regression, cls_logits)``;
+* NanoDet-Plus: ``NanoDetOutputs`` -> the GFL head outputs ``(N, A, C + 4 (reg_max + 1))`` (decode and NMS:
+  ``model.postprocess``); the training-only assist head is not part of it;
 * RetinaNet / FCOS: backbone maps + head outputs; Faster R-CNN: backbone maps + RPN head outputs
   (the RoI heads need proposals, i.e. NMS);
 * segmentation models: their output dict as a tuple; classifiers as they are; feature backbones: maps.
@@ -34,6 +36,7 @@ from ghost_vision._optional import require
 
 __all__ = [
     "DetectorNetwork",
+    "NanoDetOutputs",
     "SSDHeadOutputs",
     "TupleOutputs",
     "exportable",
@@ -105,6 +108,26 @@ class SSDHeadOutputs(nn.Module):
         return out["bbox_regression"], out["cls_logits"]
 
 
+class NanoDetOutputs(nn.Module):
+    """A :class:`~ghost_vision.models.detection.NanoDetPlus` up to its head outputs, for export:
+    ``(N, A, num_classes - 1 + 4 (reg_max + 1))`` for a batch already resized and normalised (see
+    :meth:`preprocess`). ``model.postprocess(outputs, (h, w), original_sizes)`` turns them into detections
+    (fp32 decoding, class-wise NMS), as the model's own ``forward`` does. The assist head is left out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.head = model.head
+        self.transform = model.transform
+
+    def preprocess(self, images: list[Tensor]) -> Tensor:
+        """Resize and normalize a list of ``3 x H x W`` float images like the full model does."""
+        return self.transform(images)[0].tensors
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(list(self.backbone(x).values()))
+
+
 class DetectorNetwork(nn.Module):
     """A torchvision-style detector up to its head outputs, for an already resized and normalised batch.
 
@@ -135,8 +158,12 @@ def exportable(model: nn.Module) -> tuple[nn.Module, bool]:
     """
     from torchvision.models.detection.ssd import SSD
 
+    from ..models.detection import NanoDetPlus
+
     if isinstance(model, SSD):  # fixed size: the default boxes are made for it
         return SSDHeadOutputs(model).eval(), False
+    if isinstance(model, NanoDetPlus):  # prior points are made for any size outside the graph
+        return NanoDetOutputs(model).eval(), True
     if hasattr(model, "backbone") and (hasattr(model, "rpn") or hasattr(model, "head")) and hasattr(
         model, "transform"
     ):

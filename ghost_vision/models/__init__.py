@@ -7,6 +7,7 @@ from .detection import (
     fcos_ghostnet_fpn,
     ghostnet_fpn_backbone,
     maskrcnn_ghostnet_fpn,
+    nanodet_plus_ghostnet,
     retinanet_ghostnet_fpn,
     ssdlite320_ghostnet,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "ghostnet_fpn_backbone",
     "lraspp_ghostnet",
     "maskrcnn_ghostnet_fpn",
+    "nanodet_plus_ghostnet",
     "retinanet_ghostnet_fpn",
     "ssdlite320_ghostnet",
     "ghostnet_050",

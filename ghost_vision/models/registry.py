@@ -6,7 +6,7 @@ Kinds:
   variant added to that table is listed without an edit here); ``get_model("ghostnet_100")`` is the
   ImageNet classifier, ``features_only=True`` the feature backbone (see
   :func:`~ghost_vision.models.create_ghostnet`).
-* ``"detector"``: SSDLite and the FPN detectors (Faster R-CNN, RetinaNet, FCOS, Mask R-CNN).
+* ``"detector"``: SSDLite, the FPN detectors (Faster R-CNN, RetinaNet, FCOS, Mask R-CNN) and NanoDet-Plus.
 * ``"segmenter"``: DeepLab-lite and LR-ASPP.
 * ``"peer"``: torchvision's MobileNetV3 counterparts the benchmarks (docs/benchmarks.md) compare with, plus
   ``mobilenet_v3_large_features`` (the trunk, peer of the GhostNet feature backbone) and
@@ -44,6 +44,7 @@ from .detection import (
     fcos_ghostnet_fpn,
     maskrcnn_ghostnet_fpn,
     maskrcnn_mobilenet_v3_large_fpn,
+    nanodet_plus_ghostnet,
     retinanet_ghostnet_fpn,
     ssdlite320_ghostnet,
 )
@@ -60,6 +61,7 @@ _DETECTORS: dict[str, Callable[..., nn.Module]] = {
     "retinanet_ghostnet_fpn": retinanet_ghostnet_fpn,
     "fcos_ghostnet_fpn": fcos_ghostnet_fpn,
     "maskrcnn_ghostnet_fpn": maskrcnn_ghostnet_fpn,
+    "nanodet_plus_ghostnet": nanodet_plus_ghostnet,
 }
 _SEGMENTERS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv3_ghostnet": deeplabv3_ghostnet,

@@ -19,7 +19,7 @@ class DetectionTask(BaseTask):
 
     Args:
         model: a :func:`~ghost_vision.models.get_model` name (``ssdlite320_ghostnet``,
-            ``fasterrcnn_ghostnet_fpn``, the peer ``ssdlite320_mobilenet_v3_large``, ...; see
+            ``fasterrcnn_ghostnet_fpn``, ``nanodet_plus_ghostnet``, the peer ``ssdlite320_mobilenet_v3_large``, ...; see
             ``list_models(kind="detector")``) or ``{"class_path": ..., "init_args": {...}}``.
         model_kwargs: extra builder arguments (e.g. ``weights_backbone``, ``width``).
         num_classes: including background; linked from the DataModule by the CLI and saved once in
@@ -109,6 +109,12 @@ class DetectionTask(BaseTask):
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         return self.model(images)
+
+    def on_train_epoch_start(self) -> None:
+        # models whose training depends on the epoch (NanoDet-Plus detaches its assist head) are told it
+        set_epoch = getattr(self.model, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(self.current_epoch)
 
     def training_step(self, batch: Sequence[Any] | None, batch_idx: int) -> Tensor | None:
         if self.skip_together(batch is None):  # all samples skipped as unreadable (skip_corrupt=True)

@@ -29,7 +29,7 @@ def test_list_models_by_kind() -> None:
     assert list_models(kind="backbone") == list(VARIANTS)
     assert list_models(kind="detector") == [
         "ssdlite320_ghostnet", "fasterrcnn_ghostnet_fpn", "retinanet_ghostnet_fpn", "fcos_ghostnet_fpn",
-        "maskrcnn_ghostnet_fpn"]
+        "maskrcnn_ghostnet_fpn", "nanodet_plus_ghostnet"]
     assert list_models(kind="segmenter") == ["deeplabv3_ghostnet", "lraspp_ghostnet"]
     peers = list_models(kind="peer")
     assert "ssdlite320_mobilenet_v3_large" in peers and "lraspp_mobilenet_v3_large" in peers

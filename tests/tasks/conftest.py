@@ -21,6 +21,10 @@ TINY = {
         "--model.init_args.model_kwargs", "{backbone: ghostnetv3_050}", "--data.init_args.batch_size", "4",
         "--data.init_args.val_batch_size", "1",
     ],
+    "nanodet_ghost_shapes.yaml": [
+        "--model.init_args.model_kwargs", "{width: 0.5, size: 160, aux_channels: 32, aux_convs: 1, detach_epoch: 1}",
+        "--data.init_args.batch_size", "4", "--data.init_args.val_batch_size", "1",
+    ],
     "fasterrcnn_ghost_fpn_shapes.yaml": [
         "--model.init_args.model_kwargs", "{width: 0.5, min_size: 128, max_size: 160}",
         "--data.init_args.batch_size", "2", "--data.init_args.val_batch_size", "1",

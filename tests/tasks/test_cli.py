@@ -187,6 +187,20 @@ def test_maskrcnn_fit_validate_eval_test_infer(tmp_path_factory, tmp_path):
     assert written[0].stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_nanodet_recipe_fits_validates_and_infers(tmp_path):
+    """NanoDet-Plus goes through the detection task, the COCO metric and infer (plain and fast) unchanged."""
+    run = train_tiny("nanodet_ghost_shapes.yaml", tmp_path / "run", epochs=2)
+    _check_run(run, COCO_KEYS)
+    ckpt = torch.load(run["last"], map_location="cpu", weights_only=False)
+    assert any(k.startswith("model.aux_head.") for k in ckpt["state_dict"])  # trained with the assist head
+    images = sorted((run["tmp"] / "data" / "val2017").glob("*"))[:2]
+    for extra in ([], ["--fast"]):
+        written = run_tool("infer", "--ckpt_path", str(run["last"]), *map(str, images), "--out",
+                           str(tmp_path / f"pred{len(extra)}"), "--score_thresh", "0.0", *extra)
+        assert [p.name for p in written] == [f"{p.stem}_pred.png" for p in images]
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_print_config(config, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -232,7 +246,8 @@ def test_ema_callback_validates_and_checkpoints_the_averaged_weights(tmp_path):
 
 
 REAL_DATA_CONFIGS = ["deeplabv3_ghost_cityscapes.yaml", "deeplabv3_ghost_voc.yaml", "fasterrcnn_ghost_fpn_coco.yaml",
-                     "maskrcnn_ghost_fpn_coco.yaml", "ssdlite_ghost_coco.yaml", "ssdlite_ghost_voc.yaml"]
+                     "maskrcnn_ghost_fpn_coco.yaml", "nanodet_ghost_coco.yaml", "ssdlite_ghost_coco.yaml",
+                     "ssdlite_ghost_voc.yaml"]
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))

@@ -1,5 +1,5 @@
-"""GhostNet detectors built on torchvision's detection models (SSDLite, Faster R-CNN, RetinaNet, FCOS,
-Mask R-CNN)."""
+"""GhostNet detectors: torchvision's detection models (SSDLite, Faster R-CNN, RetinaNet, FCOS, Mask R-CNN) and
+NanoDet-Plus."""
 
 from typing import Any
 
@@ -11,10 +11,21 @@ from .fpn import (
     retinanet_ghostnet_fpn,
 )
 from .maskrcnn import maskrcnn_ghostnet_fpn, maskrcnn_mobilenet_v3_large_fpn, maskrcnn_on_fpn
+from .nanodet import (
+    DynamicSoftLabelAssigner,
+    GFLHead,
+    GhostPAN,
+    NanoDetPlus,
+    nanodet_plus_ghostnet,
+)
 from .ssdlite import SSDLiteFeatureExtractorGhostNet, ssdlite320_ghostnet
 
 __all__ = [
+    "DynamicSoftLabelAssigner",
+    "GFLHead",
     "GhostNetFPNBackbone",
+    "GhostPAN",
+    "NanoDetPlus",
     "SSDLiteFeatureExtractorGhostNet",
     "fasterrcnn_ghostnet_fpn",
     "fcos_ghostnet_fpn",
@@ -22,6 +33,7 @@ __all__ = [
     "maskrcnn_ghostnet_fpn",
     "maskrcnn_mobilenet_v3_large_fpn",
     "maskrcnn_on_fpn",
+    "nanodet_plus_ghostnet",
     "retinanet_ghostnet_fpn",
     "ssdlite320_ghostnet",
 ]
