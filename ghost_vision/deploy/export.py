@@ -112,7 +112,21 @@ class NanoDetOutputs(nn.Module):
     """A :class:`~ghost_vision.models.detection.NanoDetPlus` up to its head outputs, for export:
     ``(N, A, num_classes - 1 + 4 (reg_max + 1))`` for a batch already resized and normalised (see
     :meth:`preprocess`). ``model.postprocess(outputs, (h, w), original_sizes)`` turns them into detections
-    (fp32 decoding, class-wise NMS), as the model's own ``forward`` does. The assist head is left out."""
+    (fp32 decoding, class-wise NMS), as the model's own ``forward`` does. The assist head is left out.
+
+    Example:
+        >>> import torch
+        >>> from ghost_vision.models import get_model
+        >>> model = get_model("nanodet_plus_ghostnet", num_classes=3, width=0.5, size=160).eval()
+        >>> core = NanoDetOutputs(model)
+        >>> images = [torch.rand(3, 120, 200)]
+        >>> x = core.preprocess(images)
+        >>> tuple(x.shape)
+        (1, 3, 160, 160)
+        >>> detections = model.postprocess(core(x), (160, 160), [img.shape[-2:] for img in images])
+        >>> torch.equal(detections[0]["boxes"], model(images)[0]["boxes"])
+        True
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

@@ -205,6 +205,9 @@ def test_segmentation(name: str) -> None:
 def test_every_public_builder_is_covered() -> None:
     """New detection/segmentation builders must be added to the parametrizations above."""
     covered = set(DETECTORS) | {"ghostnet_fpn_backbone", "deeplabv3_ghostnet", "lraspp_ghostnet"}
+    # their fast-path tests sit with the models: predictions (boxes, scores, masks) of optimize() vs eager
+    covered |= {"maskrcnn_ghostnet_fpn",  # tests/models/test_maskrcnn.py::test_fast_path_predicts_the_same_boxes_and_masks
+                "nanodet_plus_ghostnet"}  # tests/models/test_nanodet.py::test_fast_path_matches_eager
     for module in ("ghost_vision.models.detection", "ghost_vision.models.segmentation"):
         try:
             mod = importlib.import_module(module)

@@ -60,6 +60,17 @@ class NanoDetPlus(nn.Module):
 
     Export: :meth:`forward_raw` (a normalised batch -> ``(N, A, C + 4 (reg_max + 1))`` head outputs) is
     the network; :meth:`postprocess` turns such outputs (e.g. onnxruntime's) into detections.
+
+    Example:
+        >>> import torch
+        >>> from ghost_vision.models.detection import nanodet_plus_ghostnet
+        >>> model = nanodet_plus_ghostnet(num_classes=3, width=0.5, size=160)
+        >>> target = {"boxes": torch.tensor([[10.0, 12.0, 90.0, 100.0]]), "labels": torch.tensor([2])}
+        >>> sorted(model([torch.rand(3, 120, 160)], [target]))  # training mode: the losses
+        ['aux_loss_bbox', 'aux_loss_dfl', 'aux_loss_qfl', 'loss_bbox', 'loss_dfl', 'loss_qfl']
+        >>> model = model.remove_aux()  # inference only from here on: the assist head is gone
+        >>> sorted(model.eval()([torch.rand(3, 120, 160)])[0])
+        ['boxes', 'labels', 'scores']
     """
 
     def __init__(
