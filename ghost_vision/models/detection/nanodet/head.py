@@ -103,7 +103,8 @@ class GFLHead(nn.Module):
 
     Args:
         num_classes: foreground classes (sigmoid scores, no background).
-        in_channels, feat_channels: input and stack width (96).
+        in_channels: input width (96).
+        feat_channels: stack width (96).
         num_convs: convs per stack (2).
         kernel_size: depthwise kernel (5).
         num_levels: input maps (4: strides 8, 16, 32, 64).

@@ -260,7 +260,8 @@ def nanodet_plus_ghostnet(
         trainable_backbone_layers: trainable units from the top, 0..6; default all.
         neck_channels: Ghost-PAN and head width (96).
         aux_head: build the assist head (AGM) for training; ``False`` assigns from the main head itself.
-        aux_channels, aux_convs: assist-head width and convs per tower (NanoDet-Plus-m: 192, 4).
+        aux_channels: assist-head width (NanoDet-Plus-m: 192).
+        aux_convs: assist-head convs per tower (NanoDet-Plus-m: 4).
         detach_epoch: from this epoch on the assist head's inputs are detached (NanoDet-Plus-m: 10).
         **kwargs: passed to :class:`NanoDetPlus`: ``score_thresh`` (0.05), ``nms_thresh`` (0.6),
             ``detections_per_img`` (100), ``topk_candidates`` (1000), ``image_mean``/``image_std`` (ImageNet).

@@ -65,7 +65,8 @@ class GhostPAN(nn.Module):
         in_channels: channels of the input maps, finest first (e.g. strides 8, 16, 32).
         out_channels: width of every output (NanoDet-Plus-m: 96).
         kernel_size: depthwise kernel of the blocks and downsampling convs (5).
-        expand, num_blocks: of each :class:`GhostBlocks` (1.0 and 1).
+        expand: expansion of each :class:`GhostBlocks` (1.0).
+        num_blocks: blocks of each :class:`GhostBlocks` (1).
         num_extra_levels: 0, or 1 extra stride-2 level above the top input (strides 8/16/32/64).
 
     Example:
