@@ -35,6 +35,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from ghost_vision.metrics.coco_masks import (
+    category_id,
     check_gt_segmentations,
     masks_to_rles,
     segmentations_to_coco_results,
@@ -126,13 +127,8 @@ def detections_to_coco_results(
         if not (len(xywh) == len(s_list) == len(l_list)):
             raise ValueError(f"image {img_id}: boxes, scores and labels differ in length")
         for bbox, score, label in zip(xywh, s_list, l_list, strict=True):
-            cat_id = label_to_cat_id.get(int(label))
-            if cat_id is None:
-                raise ValueError(
-                    f"image {img_id}: predicted label {int(label)} has no COCO category id "
-                    f"(known labels: {sorted(label_to_cat_id)}); pass label_to_cat_id"
-                )
-            results.append({"image_id": int(img_id), "category_id": cat_id, "bbox": bbox, "score": score})
+            results.append({"image_id": int(img_id), "category_id": category_id(label, label_to_cat_id, img_id),
+                            "bbox": bbox, "score": score})
     return results
 
 

@@ -34,6 +34,18 @@ def masks_to_rles(masks: Tensor, threshold: float = 0.5) -> list[bytes]:
     return [r["counts"] for r in rles]
 
 
+def category_id(label: Any, label_to_cat_id: Mapping[int, int], image_id: Any) -> int:
+    """The COCO category id of a predicted ``label`` (box and mask results alike); a ``ValueError`` naming the
+    image and the known labels when the map has none."""
+    cat_id = label_to_cat_id.get(int(label))
+    if cat_id is None:
+        raise ValueError(
+            f"image {image_id}: predicted label {int(label)} has no COCO category id "
+            f"(known labels: {sorted(label_to_cat_id)}); pass label_to_cat_id"
+        )
+    return cat_id
+
+
 def segmentations_to_coco_results(
     rles: Sequence[Sequence[Mapping[str, Any]]],
     scores: Sequence[Tensor],
@@ -50,14 +62,8 @@ def segmentations_to_coco_results(
         if not (len(r) == len(s_list) == len(l_list)):
             raise ValueError(f"image {img_id}: masks, scores and labels differ in length")
         for rle, score, label in zip(r, s_list, l_list, strict=True):
-            cat_id = label_to_cat_id.get(int(label))
-            if cat_id is None:
-                raise ValueError(
-                    f"image {img_id}: predicted label {int(label)} has no COCO category id "
-                    f"(known labels: {sorted(label_to_cat_id)}); pass label_to_cat_id"
-                )
-            results.append({"image_id": int(img_id), "category_id": cat_id, "segmentation": dict(rle),
-                            "score": score})
+            results.append({"image_id": int(img_id), "category_id": category_id(label, label_to_cat_id, img_id),
+                            "segmentation": dict(rle), "score": score})
     return results
 
 
