@@ -74,7 +74,22 @@ class TupleOutputs(nn.Module):
         return tuple(flatten_outputs(self.model(x)))
 
 
-class SSDHeadOutputs(nn.Module):
+class _HeadOutputs(nn.Module):
+    """A one-stage detector's ``backbone`` and ``head`` for export, with its ``transform`` for :meth:`preprocess`;
+    subclasses say what ``forward`` returns."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.head = model.head
+        self.transform = model.transform
+
+    def preprocess(self, images: list[Tensor]) -> Tensor:
+        """Resize and normalize a list of ``3 x H x W`` float images like the full model does."""
+        return self.transform(images)[0].tensors
+
+
+class SSDHeadOutputs(_HeadOutputs):
     """An SSD (ours or torchvision's) up to its head outputs, for export: ``(bbox_regression, cls_logits)``
     of shapes ``(N, A, 4)`` and ``(N, A, num_classes)`` for a batch that is already resized to the model's
     size and normalized with its ``image_mean``/``image_std`` (see :meth:`preprocess`).
@@ -92,23 +107,13 @@ class SSDHeadOutputs(nn.Module):
         ((1, 3234, 4), (1, 3234, 3))
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.backbone = model.backbone
-        self.head = model.head
-        self.transform = model.transform
-
-    def preprocess(self, images: list[Tensor]) -> Tensor:
-        """Resize and normalize a list of ``3 x H x W`` float images like the full model does."""
-        return self.transform(images)[0].tensors
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         features = list(self.backbone(x).values())
         out = self.head(features)
         return out["bbox_regression"], out["cls_logits"]
 
 
-class NanoDetOutputs(nn.Module):
+class NanoDetOutputs(_HeadOutputs):
     """A :class:`~ghost_vision.models.detection.NanoDetPlus` up to its head outputs, for export:
     ``(N, A, num_classes - 1 + 4 (reg_max + 1))`` for a batch already resized and normalised (see
     :meth:`preprocess`). ``model.postprocess(outputs, (h, w), original_sizes)`` turns them into detections
@@ -127,16 +132,6 @@ class NanoDetOutputs(nn.Module):
         >>> torch.equal(detections[0]["boxes"], model(images)[0]["boxes"])
         True
     """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.backbone = model.backbone
-        self.head = model.head
-        self.transform = model.transform
-
-    def preprocess(self, images: list[Tensor]) -> Tensor:
-        """Resize and normalize a list of ``3 x H x W`` float images like the full model does."""
-        return self.transform(images)[0].tensors
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(list(self.backbone(x).values()))
