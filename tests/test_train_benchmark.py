@@ -100,8 +100,33 @@ def test_spec_errors_name_the_file_and_key(tmp_path):
     # the packaged specs read, and name recipes that exist
     assert {e["name"]: e.get("vs") for e in load_spec("seg_shapes")["entries"]}["lraspp_ghost_100"] == \
         "lraspp_mnv3_peer"
-    for name in ("ssdlite_shapes2k", "ssdlite_raccoon", "seg_shapes"):
+    for name in ("ssdlite_shapes2k", "ssdlite_raccoon", "seg_shapes", "nanodet_shapes", "nanodet_raccoon"):
         assert Path(load_spec(name)["recipe"]).is_file()
+    bad.write_text(yaml.safe_dump({"recipe": "x", "metric": "map", "seeds": [0], "max_steps": 1,
+                                   "entries": [{**GHOST, "step_scale": 0}]}))
+    with pytest.raises(ValueError, match=r"bad\.yaml: entries\[0\] \('ghost_050'\): step_scale is a number"):
+        load_spec(bad)
+
+
+def test_step_scale_gives_an_entry_its_own_step_budget(tmp_path):
+    """Equal training time for a model whose step costs more: its runs get ``step_scale`` x the steps, the
+    fingerprint and the table record them, and a result of the other budget is not reused."""
+    spec = load_spec(_spec(tmp_path, [{**GHOST, "step_scale": 0.5}, PEER], max_steps=10, seeds=[0]))
+    out, steps = tmp_path / "out", {}
+
+    def fake(args, log, threads):
+        steps[args[args.index("--model.init_args.model") + 1]] = int(args[args.index("--trainer.max_steps") + 1])
+        return {"map": 0.1}
+
+    report = run_benchmark(spec, out, latency_rounds=0, trainer=fake)
+    assert steps == {"ssdlite320_ghostnet": 5, "ssdlite320_mobilenet_v3_large": 10}
+    assert [r["steps"] for r in report["rows"]] == [5, 10]
+    md = (out / "train_benchmark.md").read_text()
+    assert "| SSDLite" not in md and "| ghost_050 | 1.0e-01 ± – | 1 | 5 |" in md.replace("0.100", "1.0e-01")
+    assert "training steps per model as listed (base budget 10)" in md
+    spec["entries"][0]["step_scale"] = 1.0
+    with pytest.raises(SystemExit, match="ghost_050__seed0.json was run with other settings"):
+        run_benchmark(spec, out, report_only=True, latency_rounds=0)
 
 
 def test_each_entry_is_compared_with_its_own_peer():

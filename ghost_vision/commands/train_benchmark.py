@@ -16,7 +16,8 @@ accuracy metric, seeds, the step budget and the entries::
       - {name: mnv3_peer, model: ssdlite320_mobilenet_v3_large, peer: true, args: [--model.init_args.lr, "0.003"]}
 
 (``peer: true`` marks a peer; with several, an entry's ratios are to the one its ``vs:`` names, default the
-first.)
+first. ``step_scale: 0.5`` gives an entry half the step budget: to compare at equal training *time* a model
+whose step costs twice as much; the table lists each entry's steps and training time.)
 
 Every (entry, seed) run is ``ghost-vision train RECIPE`` (:func:`ghost_vision.cli.train`, in a subprocess by
 default) with ``--seed_everything SEED --trainer.max_steps N``, no validation until the end, and its final
@@ -49,13 +50,13 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from ghost_vision.commands.train_benchmark_report import aggregate, write_report
+from ghost_vision.commands.train_benchmark_report import aggregate, entry_steps, write_report
 
-__all__ = ["BENCHMARKS_DIR", "load_spec", "run_args", "run_benchmark", "train_loss_end", "main"]
+__all__ = ["BENCHMARKS_DIR", "load_spec", "entry_steps", "run_args", "run_benchmark", "train_loss_end", "main"]
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "configs" / "benchmarks"
 _SPEC_KEYS = {"recipe", "metric", "seeds", "max_steps", "checkpoint_every", "cost_input", "args", "entries", "kind"}
-_ENTRY_KEYS = {"name", "model", "model_kwargs", "args", "peer", "vs", "label"}
+_ENTRY_KEYS = {"name", "model", "model_kwargs", "args", "peer", "vs", "label", "step_scale"}
 
 
 def spec_path(name_or_path: str | os.PathLike) -> Path:
@@ -105,6 +106,9 @@ def load_spec(name_or_path: str | os.PathLike) -> dict[str, Any]:
         e.setdefault("model_kwargs", {})
         e.setdefault("args", [])
         e["args"] = [str(a) for a in e["args"]]
+        scale = e.setdefault("step_scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale <= 100:
+            raise bad(f"entries[{i}] ({e['name']!r}): step_scale is a number in (0, 100], got {scale!r}")
     names = [e["name"] for e in entries]
     if len(set(names)) != len(names):
         raise bad(f"entry names repeat: {names}")
@@ -134,7 +138,7 @@ def run_args(spec: dict[str, Any], entry: dict[str, Any], seed: int, run_dir: Pa
         >>> args[args.index("--seed_everything") + 1], args[args.index("--checkpoint.every_n_train_steps") + 1]
         ('3', '25')
     """
-    steps = int(spec["max_steps"])
+    steps = entry_steps(spec, entry)
     return [
         spec["recipe"],
         "--model.init_args.model", entry["model"],
@@ -157,7 +161,7 @@ def run_args(spec: dict[str, Any], entry: dict[str, Any], seed: int, run_dir: Pa
 def _fingerprint(spec: dict[str, Any], entry: dict[str, Any], extra: Sequence[str]) -> dict[str, Any]:
     """What a stored result must match to be reused: the same recipe, model, budget and overrides."""
     return {"recipe": Path(spec["recipe"]).name, "model": entry["model"], "model_kwargs": entry["model_kwargs"],
-            "max_steps": int(spec["max_steps"]), "args": [*spec["args"], *entry["args"], *extra]}
+            "max_steps": entry_steps(spec, entry), "args": [*spec["args"], *entry["args"], *extra]}
 
 
 def _subprocess_train(args: list[str], log: Path, threads: int | None) -> dict[str, float]:

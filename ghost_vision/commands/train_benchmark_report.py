@@ -20,7 +20,17 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["aggregate", "pareto_front", "write_report", "markdown"]
+__all__ = ["aggregate", "entry_steps", "pareto_front", "write_report", "markdown"]
+
+
+def entry_steps(spec: dict[str, Any], entry: dict[str, Any]) -> int:
+    """The entry's step budget: the spec's ``max_steps`` times its ``step_scale`` (at least one step).
+
+    Example:
+        >>> entry_steps({"max_steps": 1250}, {"step_scale": 0.5}), entry_steps({"max_steps": 1250}, {})
+        (625, 1250)
+    """
+    return max(1, round(int(spec["max_steps"]) * float(entry.get("step_scale", 1.0))))
 
 
 def aggregate(spec: dict[str, Any], results: dict[str, list[dict[str, Any]]],
@@ -40,6 +50,7 @@ def aggregate(spec: dict[str, Any], results: dict[str, list[dict[str, Any]]],
             "name": e["name"], "label": e.get("label", e["name"]), "model": e["model"],
             "model_kwargs": e["model_kwargs"], "args": e.get("args", []), "peer": bool(e.get("peer")),
             "seeds": [r["seed"] for r in res], "values": values, "n": len(values),
+            "steps": entry_steps(spec, e),
             "mean": statistics.fmean(values) if values else None,
             "std": statistics.stdev(values) if len(values) > 1 else None,
             "train_wall_s": _mean(r.get("train_wall_s") for r in res),
@@ -92,8 +103,8 @@ def markdown(report: dict[str, Any]) -> str:
     m, c = report["metric"], report["conditions"]
     labels = {r["name"]: r["label"] for r in report["rows"]}
     several = len({r["vs"] for r in report["rows"] if r["vs"]}) > 1
-    lines = [f"| model | {m} (mean ± std) | seeds | params (M) | MACs (G) | latency (ms) | {m} / peer "
-             "| MACs / peer | latency / peer | train time / peer | train loss at end |", "|" + "---|" * 11]
+    lines = [f"| model | {m} (mean ± std) | seeds | steps | params (M) | MACs (G) | latency (ms) | {m} / peer "
+             "| MACs / peer | latency / peer | train time / peer | train loss at end |", "|" + "---|" * 12]
     for r in report["rows"]:
         small = r["n"] and abs(r["mean"]) < 0.01  # early in training: 0.000 ± 0.000 would hide the numbers
         acc = f"{_fmt(r['mean'], '.1e' if small else '.3f')} ± {_fmt(r['std'], '.1e' if small else '.3f')}" \
@@ -101,13 +112,17 @@ def markdown(report: dict[str, Any]) -> str:
         name = f"**{r['label']}** (peer)" if r["peer"] else r["label"]
         if several and r["vs"] and not r["peer"]:
             name += f" (vs {labels[r['vs']]})"
-        lines.append(f"| {name} | {acc} | {r['n']} | {_fmt(r.get('params_m'), '.2f')} | "
+        steps = r.get("steps", report["max_steps"])
+        lines.append(f"| {name} | {acc} | {r['n']} | {steps} | {_fmt(r.get('params_m'), '.2f')} | "
                      f"{_fmt(r.get('macs_g'), '.3f')} | {_fmt(r.get('latency_ms'), '.1f')} | "
                      f"{_fmt(r.get('metric_vs_peer'), '.2f')} | {_fmt(r.get('macs_vs_peer'), '.2f')} | "
                      f"{_fmt(r.get('latency_vs_peer'), '.2f')} | {_fmt(r.get('train_time_vs_peer'), '.2f')} | "
                      f"{_fmt(r.get('train_loss_end'), '.3f')} |")
     first = next((r for r in report["rows"] if "cost_input" in r), {})
-    lines += ["", f"Recipe `{Path(report['recipe']).name}`, {report['max_steps']} training steps, seeds "
+    budget = (f"{report['max_steps']} training steps" if all(r.get("steps", report["max_steps"]) == report["max_steps"]
+                                                             for r in report["rows"])
+              else f"training steps per model as listed (base budget {report['max_steps']})")
+    lines += ["", f"Recipe `{Path(report['recipe']).name}`, {budget}, seeds "
               f"{report['seeds']}; std is the sample standard deviation over seeds; train loss at end: the mean logged "
               f"training loss over the last quarter of the steps, mean over seeds. MACs and batch-1 latency of "
               f"the fast path (`ghost_vision.deploy.optimize`) at {first.get('cost_input', '–')} on "
