@@ -44,7 +44,8 @@ def _write_result(out: Path, spec: dict, entry: dict, seed: int, value: float) -
     path = result_path(out, entry["name"], seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"entry": entry["name"], "seed": seed, "metrics": {"map": value, "map_50": 1.0},
-                                "train_wall_s": 10.0 * (seed + 1), "num_classes": 5,
+                                "train_wall_s": 10.0 * (seed + 1), "train_cpu_s": 5.0 * (seed + 1) * value,
+                                "num_classes": 5,
                                 "fingerprint": _fingerprint(spec, entry, [])}))
 
 
@@ -65,6 +66,8 @@ def test_table_mean_std_and_ratios_from_the_per_seed_files(tmp_path):
     assert ghost["std"] == pytest.approx(math.sqrt((0.2**2 + 0.1**2 + 0.3**2) / 2))  # sample std
     assert peer["std"] == pytest.approx(0.1)
     assert ghost["metric_vs_peer"] == pytest.approx(0.75) and ghost["train_time_vs_peer"] == pytest.approx(1.0)
+    # CPU seconds 5 (s + 1) value: ghost 0.5 + 2 + 9 = 11.5, peer 1.5 + 4 + 7.5 = 13
+    assert ghost["train_cpu_vs_peer"] == pytest.approx(11.5 / 13)
     # params of the models the runs trained (num_classes from the results), against torchvision's own count
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
@@ -120,6 +123,8 @@ def test_step_scale_gives_an_entry_its_own_step_budget(tmp_path):
 
     report = run_benchmark(spec, out, latency_rounds=0, trainer=fake)
     assert steps == {"ssdlite320_ghostnet": 5, "ssdlite320_mobilenet_v3_large": 10}
+    stored = json.loads(result_path(out, "ghost_050", 0).read_text())
+    assert stored["train_cpu_s"] >= 0 and stored["train_wall_s"] > 0
     assert [r["steps"] for r in report["rows"]] == [5, 10]
     md = (out / "train_benchmark.md").read_text()
     assert "| SSDLite" not in md and "| ghost_050 | 1.0e-01 ± – | 1 | 5 |" in md.replace("0.100", "1.0e-01")

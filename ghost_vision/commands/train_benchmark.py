@@ -182,6 +182,15 @@ def _in_process_train(args: list[str], log: Path, threads: int | None) -> dict[s
     return train(args)
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its finished children, data workers included: the
+    training budget a run used, which, unlike wall time, does not grow when other jobs share the cores."""
+    import resource
+
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def _num_classes(run_dir: Path) -> int | None:
     import torch
 
@@ -267,11 +276,12 @@ def run_benchmark(spec: dict[str, Any], out: str | os.PathLike, *, extra: Sequen
                 resumed = (run_dir / "checkpoints" / "last.ckpt").is_file()
                 if resumed:  # killed before: continue from its last checkpoint (exact resume)
                     args += ["--ckpt_path", "last"]
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), _cpu_seconds()
                 metrics = train_fn(args, run_dir / "train.log", threads)
                 _write_json(result_path(out, entry["name"], seed), {
                     "entry": entry["name"], "seed": seed, "metrics": metrics,
-                    "train_wall_s": time.perf_counter() - t0, "resumed": resumed,
+                    "train_wall_s": time.perf_counter() - t0, "train_cpu_s": _cpu_seconds() - cpu0,
+                    "resumed": resumed,
                     "train_loss_end": train_loss_end(run_dir),
                     "num_classes": _num_classes(run_dir), "fingerprint": _fingerprint(spec, entry, extra),
                     "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

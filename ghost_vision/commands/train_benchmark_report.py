@@ -54,6 +54,7 @@ def aggregate(spec: dict[str, Any], results: dict[str, list[dict[str, Any]]],
             "mean": statistics.fmean(values) if values else None,
             "std": statistics.stdev(values) if len(values) > 1 else None,
             "train_wall_s": _mean(r.get("train_wall_s") for r in res),
+            "train_cpu_s": _mean(r.get("train_cpu_s") for r in res),
             "train_loss_end": _mean(r.get("train_loss_end") for r in res),
             **costs.get(e["name"], {}),
         }
@@ -64,7 +65,7 @@ def aggregate(spec: dict[str, Any], results: dict[str, list[dict[str, Any]]],
         row["vs"] = peer["name"] if peer else None
         if peer and peer["n"]:
             for key, src in (("metric_vs_peer", "mean"), ("macs_vs_peer", "macs_g"), ("latency_vs_peer", "latency_ms"),
-                             ("train_time_vs_peer", "train_wall_s")):
+                             ("train_time_vs_peer", "train_wall_s"), ("train_cpu_vs_peer", "train_cpu_s")):
                 a, b = row.get(src), peer.get(src)
                 row[key] = a / b if a is not None and b else None
     return {
@@ -104,7 +105,8 @@ def markdown(report: dict[str, Any]) -> str:
     labels = {r["name"]: r["label"] for r in report["rows"]}
     several = len({r["vs"] for r in report["rows"] if r["vs"]}) > 1
     lines = [f"| model | {m} (mean ± std) | seeds | steps | params (M) | MACs (G) | latency (ms) | {m} / peer "
-             "| MACs / peer | latency / peer | train time / peer | train loss at end |", "|" + "---|" * 12]
+             "| MACs / peer | latency / peer | train time / peer | train CPU / peer | train loss at end |",
+             "|" + "---|" * 13]
     for r in report["rows"]:
         small = r["n"] and abs(r["mean"]) < 0.01  # early in training: 0.000 ± 0.000 would hide the numbers
         acc = f"{_fmt(r['mean'], '.1e' if small else '.3f')} ± {_fmt(r['std'], '.1e' if small else '.3f')}" \
@@ -117,6 +119,7 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{_fmt(r.get('macs_g'), '.3f')} | {_fmt(r.get('latency_ms'), '.1f')} | "
                      f"{_fmt(r.get('metric_vs_peer'), '.2f')} | {_fmt(r.get('macs_vs_peer'), '.2f')} | "
                      f"{_fmt(r.get('latency_vs_peer'), '.2f')} | {_fmt(r.get('train_time_vs_peer'), '.2f')} | "
+                     f"{_fmt(r.get('train_cpu_vs_peer'), '.2f')} | "
                      f"{_fmt(r.get('train_loss_end'), '.3f')} |")
     first = next((r for r in report["rows"] if "cost_input" in r), {})
     budget = (f"{report['max_steps']} training steps" if all(r.get("steps", report["max_steps"]) == report["max_steps"]
@@ -124,7 +127,9 @@ def markdown(report: dict[str, Any]) -> str:
               else f"training steps per model as listed (base budget {report['max_steps']})")
     lines += ["", f"Recipe `{Path(report['recipe']).name}`, {budget}, seeds "
               f"{report['seeds']}; std is the sample standard deviation over seeds; train loss at end: the mean logged "
-              f"training loss over the last quarter of the steps, mean over seeds. MACs and batch-1 latency of "
+              f"training loss over the last quarter of the steps, mean over seeds; train time: wall clock; train CPU: "
+              f"CPU seconds of the run and its data workers (the budget used, whatever else shared the machine). "
+              f"MACs and batch-1 latency of "
               f"the fast path (`ghost_vision.deploy.optimize`) at {first.get('cost_input', '–')} on "
               f"{first.get('latency_threads', '–')} thread(s), {first.get('latency_rounds', '–')} interleaved "
               f"rounds; {c['date']}, {c['cpu_count']} CPUs, load average {c['load_average']}."]
