@@ -6,7 +6,8 @@ variant, in this order, so label ``k`` means the same shape everywhere (COCO map
 non-contiguous category ids :data:`SYNTHETIC_COCO_CATEGORY_IDS`). Every image is drawn from its own seed
 (``seed``, format, split, index), so the output is byte-identical for the same arguments, and a dataset is
 written to a temporary folder and moved into place with a ``.complete.json`` marker: calling a writer again
-with the same arguments does nothing.
+with the same arguments does nothing, and a dataset written by an older version of a writer (its marker's
+``version``, see :func:`is_current`) is written again.
 
 Example:
     >>> from ghost_vision.data.synthetic import write_synthetic_coco
@@ -27,10 +28,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from ._render import SHAPE_CLASSES, Scene, outline, render_scene, smooth_noise
+from ._render import SHAPE_CLASSES, Scene, Shape, outline, render_scene, smooth_noise
+from .masks import mask_to_polygons
 from .voc import voc_colormap
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "SYNTHETIC_CLASSES",
     "SYNTHETIC_COCO_CATEGORY_IDS",
     "SYNTHETIC_FOLDER_CLASSES",
+    "is_current",
     "read_marker",
     "write_synthetic_cityscapes",
     "write_synthetic_coco",
@@ -51,7 +53,9 @@ SYNTHETIC_COCO_CATEGORY_IDS: tuple[int, ...] = (2, 5, 9, 17)  # non-contiguous, 
 SYNTHETIC_CITYSCAPES_LABEL_IDS: tuple[int, ...] = (24, 20, 26, 19)
 _CITYSCAPES_VOID_IDS = (5, 14, 29, 30)  # dynamic, guard rail, caravan, trailer: all map to 255
 MARKER = ".complete.json"
-_FORMAT_VERSION = 1
+# Bumped when a writer's output changes, so that a dataset cached by an older version is written again.
+# coco 2: non-crowd masks as polygons (version 1 wrote compressed RLE).
+_FORMAT_VERSIONS = {"coco": 2, "voc": 1, "cityscapes": 1, "folder": 1}
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -73,10 +77,21 @@ def read_marker(root: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def is_current(marker: dict[str, Any]) -> bool:
+    """Whether ``marker`` (from :func:`read_marker`) was written by this version of its format's writer; the
+    writer writes an older dataset again.
+
+    Example:
+        >>> is_current({"format": "coco", "version": 1, "num_train": 200, "num_val": 50, "seed": 0})
+        False
+    """
+    return marker.get("version") == _FORMAT_VERSIONS.get(marker.get("format"))
+
+
 def _materialize(root: str | Path, params: dict[str, Any], write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp)`` and move ``tmp`` to ``root`` with a marker, unless ``root`` already matches."""
     root = Path(root)
-    params = {"version": _FORMAT_VERSION, **params}
+    params = {"version": _FORMAT_VERSIONS[params["format"]], **params}
     marker = root / MARKER
     if marker.is_file():
         if read_marker(root) == params:
@@ -118,18 +133,23 @@ def _uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"counts": counts, "size": [int(mask.shape[0]), int(mask.shape[1])]}
 
 
-def _coco_ann(ann_id: int, image_id: int, shape, crowd: bool) -> dict[str, Any]:
+def _coco_ann(ann_id: int, image_id: int, shape: Shape, crowd: bool) -> dict[str, Any]:
+    # The polygons decode to exactly the visible pixels (mask_to_polygons), so ``bbox`` (their tight box)
+    # and ``area`` (their pixel count, what pycocotools' annToMask(...).sum() gives) hold for either form.
     x0, y0, x1, y1 = shape.box
-    if crowd:
-        seg = _uncompressed_rle(shape.mask)
-    else:
-        rle = mask_utils.encode(np.asfortranarray(shape.mask.astype(np.uint8)))
-        seg = {"counts": rle["counts"].decode("ascii"), "size": [int(s) for s in rle["size"]]}
+    seg = _uncompressed_rle(shape.mask) if crowd else mask_to_polygons(shape.mask)
     return {
         "id": ann_id, "image_id": image_id, "category_id": SYNTHETIC_COCO_CATEGORY_IDS[shape.cls],
         "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "area": float(shape.area),
         "iscrowd": int(crowd), "segmentation": seg,
     }
+
+
+def _coco_scene(seed: int, code: int, i: int) -> tuple[int, int, Scene]:
+    """(h, w, scene) of image ``i`` of split ``code`` (0 train, 1 val)."""
+    rng = _rng(seed, 1, code, i)
+    h, w = _image_size(rng)
+    return h, w, render_scene(rng, h, w, crowd=i % 25 == 0)
 
 
 def write_synthetic_coco(
@@ -138,7 +158,12 @@ def write_synthetic_coco(
     """Write ``root/{train2017,val2017}/*.jpg`` and ``root/annotations/instances_{train,val}2017.json``.
 
     Image ids are non-sequential (train ``10 i + 7``, val ``500000 + 10 i + 3``); every 25th image holds a
-    crowd region (``iscrowd=1``, uncompressed RLE); other annotations carry compressed-RLE masks.
+    crowd region (``iscrowd=1``, uncompressed RLE). Every other annotation's ``segmentation`` is a list of
+    polygons, as in real COCO, of the shape's visible pixels (shapes drawn later hide parts of earlier ones,
+    so some objects come in several parts, one polygon each): pycocotools decodes them to exactly those
+    pixels (see :func:`~ghost_vision.data.masks.mask_to_polygons`). ``bbox`` is their tight box and
+    ``area`` their pixel count, which is what pycocotools' ``annToMask(ann).sum()`` gives (real COCO's
+    ``area`` is the polygon's own area, a little off the pixel count).
 
     Example:
         >>> import tempfile
@@ -159,9 +184,7 @@ def write_synthetic_coco(
             folder.mkdir()
             images, annotations = [], []
             for i in tqdm(range(count), desc=f"shapes COCO {split}", disable=not progress):
-                rng = _rng(seed, 1, code, i)
-                h, w = _image_size(rng)
-                scene = render_scene(rng, h, w, crowd=i % 25 == 0)
+                h, w, scene = _coco_scene(seed, code, i)
                 image_id = 10 * i + 7 if code == 0 else 500000 + 10 * i + 3
                 name = f"{image_id:012d}.jpg"
                 _save_jpeg(folder / name, scene.image)

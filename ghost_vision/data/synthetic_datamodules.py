@@ -23,6 +23,7 @@ from .synthetic import (
     SYNTHETIC_CLASSES,
     SYNTHETIC_COCO_CATEGORY_IDS,
     SYNTHETIC_FOLDER_CLASSES,
+    is_current,
     read_marker,
     write_synthetic_cityscapes,
     write_synthetic_coco,
@@ -63,8 +64,10 @@ class _WritesSyntheticData:
     def check_data(self) -> None:
         marker = read_marker(self.root)
         expected = self._params()
-        if marker is None or any(marker.get(k) != v for k, v in expected.items()):
+        if marker is None or not is_current(marker) or any(marker.get(k) != v for k, v in expected.items()):
             found = "nothing" if marker is None else {k: marker.get(k) for k in expected}
+            if marker is not None and not is_current(marker):
+                found = f"one written by an older version of the writer, with {found}"
             raise FileNotFoundError(
                 f"{type(self).__name__}: no synthetic dataset with {expected} in {self.root} (found {found}); "
                 "call prepare_data() (or write_data()) first -- Trainer.fit/validate/test do that before setup()"

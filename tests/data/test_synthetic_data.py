@@ -12,14 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 from ghost_vision.data import (
     SYNTHETIC_CLASSES,
     SYNTHETIC_COCO_CATEGORY_IDS,
+    SyntheticCocoDataModule,
     write_synthetic_cityscapes,
     write_synthetic_coco,
     write_synthetic_voc,
 )
+from ghost_vision.data.masks import mask_to_polygons
+from ghost_vision.data.synthetic import _coco_scene, is_current
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +62,9 @@ def test_idempotent_and_regenerated_on_new_arguments(tmp_path):
 
 
 def test_coco_scene_properties(synthetic_coco_root):
-    data = json.loads((synthetic_coco_root / "annotations" / "instances_train2017.json").read_text())
+    ann_file = synthetic_coco_root / "annotations" / "instances_train2017.json"
+    data = json.loads(ann_file.read_text())
+    coco = COCO(str(ann_file))
     assert [c["id"] for c in data["categories"]] == list(SYNTHETIC_COCO_CATEGORY_IDS) == [2, 5, 9, 17]
     assert [c["name"] for c in data["categories"]] == list(SYNTHETIC_CLASSES)
     images = {im["id"]: im for im in data["images"]}
@@ -67,8 +73,7 @@ def test_coco_scene_properties(synthetic_coco_root):
     for a in data["annotations"]:
         im = images[a["image_id"]]
         h, w = im["height"], im["width"]
-        seg = mask_utils.frPyObjects(a["segmentation"], h, w) if a["iscrowd"] else a["segmentation"]
-        m = mask_utils.decode(seg)
+        m = coco.annToMask(a)
         ys, xs = np.nonzero(m)
         x, y, bw, bh = a["bbox"]
         assert [x, y, x + bw, y + bh] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]  # exact tight box
@@ -77,6 +82,7 @@ def test_coco_scene_properties(synthetic_coco_root):
             crowd += 1
             assert isinstance(a["segmentation"]["counts"], list)
             continue
+        assert isinstance(a["segmentation"], list) and all(len(p) >= 6 for p in a["segmentation"])
         per_image[a["image_id"]].append([x, y, x + bw, y + bh])
         assert max(bw, bh) <= 0.6 * max(h, w) + 1
     assert crowd == 1
@@ -92,6 +98,90 @@ def test_coco_scene_properties(synthetic_coco_root):
         assert im["width"] != im["height"] and 240 <= min(im["width"], im["height"]) <= 300
         with Image.open(synthetic_coco_root / "train2017" / im["file_name"]) as img:
             assert img.size == (im["width"], im["height"]) and img.format == "JPEG"
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_coco_polygons_decode_to_the_rendered_visible_pixels(synthetic_coco_root):
+    # the scenes are drawn again from their seeds: each non-crowd polygon list, decoded by pycocotools, must
+    # cover the shape's visible pixels (what later shapes leave of it), its bbox be the decoded mask's tight box
+    ious, parts = [], []
+    for split, code, count in (("train", 0, 12), ("val", 1, 4)):
+        coco = COCO(str(synthetic_coco_root / "annotations" / f"instances_{split}2017.json"))
+        for i, image_id in enumerate(sorted(coco.imgs)):
+            h, w, scene = _coco_scene(0, code, i)
+            anns = [a for a in coco.imgToAnns[image_id] if not a["iscrowd"]]
+            assert len(anns) == len(scene.objects) and coco.imgs[image_id]["height"] == h
+            for a, shape in zip(anns, scene.objects, strict=True):
+                assert isinstance(a["segmentation"], list)
+                m = coco.annToMask(a).astype(bool)
+                ious.append(_iou(m, shape.mask))
+                parts.append(len(a["segmentation"]))
+                ys, xs = np.nonzero(m)
+                x, y, bw, bh = a["bbox"]
+                np.testing.assert_allclose([x, y, x + bw, y + bh], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1],
+                                           atol=1.0)
+                assert a["area"] == m.sum()
+        assert len(coco.imgs) == count
+    assert len(ious) >= 30
+    assert min(ious) == 1.0, (min(ious), np.mean(ious))  # exactly the visible pixels, as documented
+    assert sum(p > 1 for p in parts) >= 1  # objects in several parts occur and decode
+
+
+def test_mask_to_polygons_parts_and_holes():
+    # hand-made masks, decoded by pycocotools: a blob in two parts, a ring (a hole COCO polygons cannot carry
+    # directly), single pixels, a diagonal line of pixels touching only at corners
+    h, w = 12, 14
+    two = np.zeros((h, w), bool)
+    two[1:4, 1:5] = two[7:11, 8:13] = True
+    ring = np.zeros((h, w), bool)
+    ring[2:10, 3:11] = True
+    ring[4:7, 5:8] = False
+    ring[8, 9] = False  # a second, one-pixel hole
+    dots = np.zeros((h, w), bool)
+    dots[0, 0] = dots[11, 13] = dots[5, 6] = True
+    diagonal = np.eye(h, w, dtype=bool)
+    for mask, n_parts in ((two, 2), (ring, None), (dots, 3), (diagonal, 1)):
+        polygons = mask_to_polygons(mask)
+        assert all(isinstance(v, float) for p in polygons for v in p)
+        if n_parts is not None:
+            assert len(polygons) == n_parts
+        decoded = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))).astype(bool)
+        np.testing.assert_array_equal(decoded, mask)
+    assert len(mask_to_polygons(ring)) >= 3  # cut at both holes
+    assert mask_to_polygons(np.zeros((3, 4), bool)) == []
+    with pytest.raises(ValueError, match="H x W"):
+        mask_to_polygons(np.zeros((2, 3, 4), bool))
+
+
+def test_coco_cache_of_an_older_format_is_written_again(tmp_path):
+    # a cache written by the previous writer (version 1: compressed RLE for every non-crowd mask) must not be
+    # reused as it is, neither by the writer nor by the DataModule's setup() check
+    root = write_synthetic_coco(tmp_path / "coco", num_train=2, num_val=1)
+    ann_file = root / "annotations" / "instances_train2017.json"
+    data = json.loads(ann_file.read_text())
+    for a in data["annotations"]:
+        if not a["iscrowd"]:
+            im = next(i for i in data["images"] if i["id"] == a["image_id"])
+            rle = mask_utils.merge(mask_utils.frPyObjects(a["segmentation"], im["height"], im["width"]))
+            a["segmentation"] = {"counts": rle["counts"].decode("ascii"), "size": rle["size"]}
+    ann_file.write_text(json.dumps(data))
+    marker = root / ".complete.json"
+    old = {**json.loads(marker.read_text()), "version": 1}
+    marker.write_text(json.dumps(old))
+    dm = SyntheticCocoDataModule(root=str(root), num_train=2, num_val=1, num_workers=0)
+    with pytest.raises(FileNotFoundError, match="older version"):
+        dm.setup("fit")
+    dm.prepare_data()
+    assert is_current(json.loads(marker.read_text()))
+    assert all(isinstance(a["segmentation"], list) for a in json.loads(ann_file.read_text())["annotations"]
+               if not a["iscrowd"])
+    dm.setup("fit")
+    stamp = marker.stat().st_mtime_ns
+    write_synthetic_coco(root, num_train=2, num_val=1)  # the current version is reused as it is
+    assert marker.stat().st_mtime_ns == stamp
 
 
 def test_scenes_are_textured_and_varied(synthetic_voc_root):
