@@ -71,7 +71,7 @@ def shape_crops(root: Path, split: str, *, size: int, margin: float = 0.15,
             boxes.append(target["boxes"])
         if limit is not None and sum(map(len, labels)) >= limit:
             break
-    n = limit if limit is not None else None
+    n = limit
     return {"images": torch.cat(images)[:n], "labels": torch.cat(labels)[:n], "image_ids": torch.cat(ids)[:n],
             "boxes": torch.cat(boxes)[:n], "classes": list(ds.classes)}
 
