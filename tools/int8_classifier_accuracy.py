@@ -71,9 +71,9 @@ def shape_crops(root: Path, split: str, *, size: int, margin: float = 0.15,
             boxes.append(target["boxes"])
         if limit is not None and sum(map(len, labels)) >= limit:
             break
-    n = limit
-    return {"images": torch.cat(images)[:n], "labels": torch.cat(labels)[:n], "image_ids": torch.cat(ids)[:n],
-            "boxes": torch.cat(boxes)[:n], "classes": list(ds.classes)}
+    return {"images": torch.cat(images)[:limit], "labels": torch.cat(labels)[:limit],
+            "image_ids": torch.cat(ids)[:limit],
+            "boxes": torch.cat(boxes)[:limit], "classes": list(ds.classes)}
 
 
 def train(name: str, data: dict[str, Any], *, steps: int, batch: int, lr: float, seed: int) -> nn.Module:
