@@ -161,8 +161,9 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{report['metric']} (mean ± std, {len(report['seeds'])} seeds)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{Path(report['recipe']).stem}: {report['max_steps']} steps; squares: MobileNetV3 peer",
-                 fontsize=10)
+    steps = {r.get("steps", report["max_steps"]) for r in report["rows"]}
+    budget = f"{report['max_steps']} steps" if len(steps) == 1 else f"{min(steps)}-{max(steps)} steps (per model)"
+    fig.suptitle(f"{Path(report['recipe']).stem}: {budget}; squares: MobileNetV3 peer", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
