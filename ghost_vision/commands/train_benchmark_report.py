@@ -96,6 +96,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
+def _step_budgets(report: dict[str, Any]) -> list[int]:
+    """The distinct step budgets of the report's entries, ascending (one unless an entry has a ``step_scale``)."""
+    return sorted({r["steps"] for r in report["rows"]}) or [int(report["max_steps"])]
+
+
 def _fmt(v: Any, spec: str) -> str:
     return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
@@ -114,16 +119,15 @@ def markdown(report: dict[str, Any]) -> str:
         name = f"**{r['label']}** (peer)" if r["peer"] else r["label"]
         if several and r["vs"] and not r["peer"]:
             name += f" (vs {labels[r['vs']]})"
-        steps = r.get("steps", report["max_steps"])
-        lines.append(f"| {name} | {acc} | {r['n']} | {steps} | {_fmt(r.get('params_m'), '.2f')} | "
+        lines.append(f"| {name} | {acc} | {r['n']} | {r['steps']} | {_fmt(r.get('params_m'), '.2f')} | "
                      f"{_fmt(r.get('macs_g'), '.3f')} | {_fmt(r.get('latency_ms'), '.1f')} | "
                      f"{_fmt(r.get('metric_vs_peer'), '.2f')} | {_fmt(r.get('macs_vs_peer'), '.2f')} | "
                      f"{_fmt(r.get('latency_vs_peer'), '.2f')} | {_fmt(r.get('train_time_vs_peer'), '.2f')} | "
                      f"{_fmt(r.get('train_cpu_vs_peer'), '.2f')} | "
                      f"{_fmt(r.get('train_loss_end'), '.3f')} |")
     first = next((r for r in report["rows"] if "cost_input" in r), {})
-    budget = (f"{report['max_steps']} training steps" if all(r.get("steps", report["max_steps"]) == report["max_steps"]
-                                                             for r in report["rows"])
+    (steps, *other) = _step_budgets(report)
+    budget = (f"{steps} training steps" if not other
               else f"training steps per model as listed (base budget {report['max_steps']})")
     lines += ["", f"Recipe `{Path(report['recipe']).name}`, {budget}, seeds "
               f"{report['seeds']}; std is the sample standard deviation over seeds; train loss at end: the mean logged "
@@ -161,8 +165,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{report['metric']} (mean ± std, {len(report['seeds'])} seeds)")
         ax.grid(alpha=0.3)
-    steps = {r.get("steps", report["max_steps"]) for r in report["rows"]}
-    budget = f"{report['max_steps']} steps" if len(steps) == 1 else f"{min(steps)}-{max(steps)} steps (per model)"
+    steps = _step_budgets(report)
+    budget = f"{steps[0]} steps" if len(steps) == 1 else f"{steps[0]}-{steps[-1]} steps (per model)"
     fig.suptitle(f"{Path(report['recipe']).stem}: {budget}; squares: MobileNetV3 peer", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

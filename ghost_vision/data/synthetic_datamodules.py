@@ -64,9 +64,10 @@ class _WritesSyntheticData:
     def check_data(self) -> None:
         marker = read_marker(self.root)
         expected = self._params()
-        if marker is None or not is_current(marker) or any(marker.get(k) != v for k, v in expected.items()):
+        stale = marker is not None and not is_current(marker)
+        if marker is None or stale or any(marker.get(k) != v for k, v in expected.items()):
             found = "nothing" if marker is None else {k: marker.get(k) for k in expected}
-            if marker is not None and not is_current(marker):
+            if stale:
                 found = f"one written by an older version of the writer, with {found}"
             raise FileNotFoundError(
                 f"{type(self).__name__}: no synthetic dataset with {expected} in {self.root} (found {found}); "
