@@ -13,6 +13,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import importlib.util
+import json
 import os
 import pkgutil
 import re
@@ -204,3 +205,34 @@ def test_version_without_a_checkout(tmp_path: Path) -> None:
     except PackageNotFoundError:
         expected = "0+unknown"
     assert out == expected
+
+
+# ---------------------------------------------------------------------------------- accuracy-per-cost tables
+RESULTS = DOCS / "results" / "train_benchmark"
+
+
+def _table(lines: list[str], start: int) -> list[str]:
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def test_readme_leads_with_the_train_benchmark_tables() -> None:
+    """The README's first table is the accuracy-per-cost one, exactly as ``ghost-vision train-benchmark`` wrote it
+    (``OUT/train_benchmark.md``): each stored report (``OUT/train_benchmark.json``, kept under
+    ``docs/results/train_benchmark/``) renders here again to the text the README carries, footer included, and
+    its picture is there. A hand-edited number, or a table from another run, fails."""
+    from ghost_vision.commands.train_benchmark_report import markdown
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = readme.splitlines()
+    reports = sorted(RESULTS.glob("*.json"))
+    assert reports, f"no stored train-benchmark report under {RESULTS}"
+    tables = []
+    for path in reports:
+        md = markdown(json.loads(path.read_text(encoding="utf-8")))
+        assert md.strip() in readme, f"README.md does not carry {path.name}'s table as the command wrote it"
+        assert f"docs/img/accuracy_per_cost_{path.stem}.png" in readme and \
+            (DOCS / "img" / f"accuracy_per_cost_{path.stem}.png").is_file(), path.stem
+        tables.append(_table(md.splitlines(), 0))
+    first = _table(lines, next(i for i, line in enumerate(lines) if line.startswith("|")))
+    assert first in tables, "the README's first table is not a train-benchmark table"

@@ -22,7 +22,7 @@ from ghost_vision.commands.train_benchmark import (
     run_benchmark,
     train_loss_end,
 )
-from ghost_vision.commands.train_benchmark_report import aggregate, pareto_front
+from ghost_vision.commands.train_benchmark_report import _plot_losses, aggregate, loss_curve, pareto_front
 
 GHOST = {"name": "ghost_050", "model": "ssdlite320_ghostnet", "model_kwargs": {"width": 0.5}}
 PEER = {"name": "peer", "model": "ssdlite320_mobilenet_v3_large", "peer": True}
@@ -164,6 +164,32 @@ def test_train_loss_end_reads_every_log_version_of_a_resumed_run(tmp_path):
         (tmp_path / "logs" / f"version_{version}").mkdir()
         (tmp_path / "logs" / f"version_{version}" / "metrics.csv").write_text(header + f"0,8,{loss},\n")
     assert train_loss_end(tmp_path) == pytest.approx((6 + 7 + 20) / 3)
+
+
+@pytest.mark.filterwarnings("ignore:No artists with labels")  # Axes.plot is replaced below
+def test_training_loss_picture_pairs_the_seeds_each_entry_logged(tmp_path, monkeypatch):
+    """``OUT/train_loss.png``: per entry the mean over its seeds at the steps all of them logged (a seed that
+    logged fewer steps limits the curve); no logs, no picture."""
+    header = "epoch,step,train/loss_step\n"
+    logs = {("g", 0): {1: 4.0, 2: 3.0, 3: 2.0}, ("g", 1): {1: 6.0, 2: 5.0}, ("p", 0): {1: 5.0, 2: 4.0, 3: 3.0}}
+    for (name, seed), curve in logs.items():
+        d = tmp_path / "runs" / f"{name}__seed{seed}" / "logs" / "version_0"
+        d.mkdir(parents=True)
+        (d / "metrics.csv").write_text(header + "".join(f"0,{k},{v}\n" for k, v in curve.items()))
+    assert loss_curve(tmp_path / "runs" / "g__seed0") == {1: 4.0, 2: 3.0, 3: 2.0}
+    report = {"recipe": "r.yaml", "rows": [
+        {"name": "g", "label": "G", "peer": False, "seeds": [0, 1], "n": 2},
+        {"name": "p", "label": "P", "peer": True, "seeds": [0], "n": 1},
+        {"name": "x", "label": "X", "peer": False, "seeds": [0], "n": 1}]}  # no logs: left out
+    import matplotlib.axes
+
+    plotted = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, x, y, *a, **k: plotted.append((list(x), y)))
+    assert _plot_losses(report, tmp_path / "runs", tmp_path / "loss.png")
+    assert plotted == [([1, 2], [5.0, 4.0]), ([1, 2, 3], [5.0, 4.0, 3.0])]  # g: steps of both seeds, averaged
+    assert (tmp_path / "loss.png").is_file()
+    assert not _plot_losses(report, tmp_path / "nothing", tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_pareto_front():

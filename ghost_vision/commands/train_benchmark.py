@@ -50,7 +50,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from ghost_vision.commands.train_benchmark_report import aggregate, entry_steps, write_report
+from ghost_vision.commands.train_benchmark_report import aggregate, entry_steps, train_loss_end, write_report
 
 __all__ = ["BENCHMARKS_DIR", "load_spec", "entry_steps", "run_args", "run_benchmark", "train_loss_end", "main"]
 
@@ -198,26 +198,6 @@ def _num_classes(run_dir: Path) -> int | None:
     if not last.is_file():
         return None
     return int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["num_classes"])
-
-
-def train_loss_end(run_dir: Path, tail: float = 0.25) -> float | None:
-    """Mean of the logged ``train/loss_step`` over the last ``tail`` of the run's steps (from its CSV logs, all
-    versions of a resumed run): how far the network got on the training data, less noisy than a validation
-    metric early in training. ``None`` without logged losses."""
-    import csv
-
-    losses: dict[int, float] = {}
-    paths = run_dir.glob("logs/version_*/metrics.csv")  # in version order: a resumed run's later log wins
-    for path in sorted(paths, key=lambda p: int(p.parent.name.removeprefix("version_") or 0)):
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get("train/loss_step"):
-                    losses[int(row["step"])] = float(row["train/loss_step"])
-    if not losses:
-        return None
-    last = max(losses)
-    vals = [v for step, v in losses.items() if step >= last * (1 - tail)]
-    return sum(vals) / len(vals)
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -1,4 +1,5 @@
-"""The accuracy-per-cost table (JSON + Markdown) and its Pareto picture, from per-seed results and costs.
+"""The accuracy-per-cost table (JSON + Markdown), its Pareto picture and the training-loss picture, from per-seed
+results, costs and the runs' CSV logs.
 
 Example:
     >>> spec = {"metric": "map", "max_steps": 10, "seeds": [0, 1], "recipe": "r.yaml", "entries": [
@@ -20,7 +21,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["aggregate", "entry_steps", "pareto_front", "write_report", "markdown"]
+__all__ = ["aggregate", "entry_steps", "loss_curve", "markdown", "pareto_front", "train_loss_end", "write_report"]
 
 
 def entry_steps(spec: dict[str, Any], entry: dict[str, Any]) -> int:
@@ -31,6 +32,43 @@ def entry_steps(spec: dict[str, Any], entry: dict[str, Any]) -> int:
         (625, 1250)
     """
     return max(1, round(int(spec["max_steps"]) * float(entry.get("step_scale", 1.0))))
+
+
+def loss_curve(run_dir: Path) -> dict[int, float]:
+    """The logged ``train/loss_step`` of a run by step, from its CSV logs (``run_dir/logs/version_*/metrics.csv``);
+    the versions of a resumed run are read in number order, so a step logged again after the resume wins.
+
+    Example:
+        >>> loss_curve(Path("no-such-run"))
+        {}
+    """
+    import csv
+
+    losses: dict[int, float] = {}
+    paths = Path(run_dir).glob("logs/version_*/metrics.csv")
+    for path in sorted(paths, key=lambda p: int(p.parent.name.removeprefix("version_") or 0)):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("train/loss_step"):
+                    losses[int(row["step"])] = float(row["train/loss_step"])
+    return dict(sorted(losses.items()))
+
+
+def train_loss_end(run_dir: Path, tail: float = 0.25) -> float | None:
+    """Mean of the logged ``train/loss_step`` over the last ``tail`` of the run's steps (:func:`loss_curve`): how
+    far the network got on the training data, less noisy than a validation metric early in training. ``None``
+    without logged losses.
+
+    Example:
+        >>> train_loss_end(Path("no-such-run")) is None
+        True
+    """
+    losses = loss_curve(run_dir)
+    if not losses:
+        return None
+    last = max(losses)
+    vals = [v for step, v in losses.items() if step >= last * (1 - tail)]
+    return sum(vals) / len(vals)
 
 
 def aggregate(spec: dict[str, Any], results: dict[str, list[dict[str, Any]]],
@@ -173,8 +211,44 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_losses(report: dict[str, Any], runs: Path, path: Path) -> bool:
+    """Training loss against step per entry, the mean over its seeds at the steps every seed logged, as a running
+    mean over a tenth of the logged points (the per-step loss of a batch of 16 is noisy); the same seed means
+    the same batches for every entry, so the curves pair up step by step. False (and no file) without logs."""
+    curves = {}
+    for r in report["rows"]:
+        per_seed = [c for s in r["seeds"] if (c := loss_curve(runs / f"{r['name']}__seed{s}"))]
+        steps = sorted(set.intersection(*(set(c) for c in per_seed))) if per_seed else []
+        if steps:
+            curves[r["name"]] = (r, steps, [statistics.fmean(c[k] for c in per_seed) for k in steps])
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r, steps, mean in curves.values():
+        w = max(1, len(mean) // 10)
+        smooth = [statistics.fmean(mean[max(0, i - w + 1):i + 1]) for i in range(len(mean))]
+        ax.plot(steps, smooth, "--" if r["peer"] else "-", color="tab:orange" if r["peer"] else None,
+                label=f"{r['label']} ({r['n']} seed{'s' if r['n'] != 1 else ''})")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss (mean over seeds, running mean)")
+    ax.set_title(f"{Path(report['recipe']).stem}: training loss per step; dashed: MobileNetV3 peer", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_report(report: dict[str, Any], out: Path) -> None:
-    """``OUT/train_benchmark.json``, ``OUT/train_benchmark.md`` and ``OUT/pareto.png``."""
+    """``OUT/train_benchmark.json``, ``OUT/train_benchmark.md``, ``OUT/pareto.png`` and, from the runs' logs
+    (``OUT/runs/ENTRY__seedS/``), ``OUT/train_loss.png``."""
     (out / "train_benchmark.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "train_benchmark.md").write_text(markdown(report))
     _plot(report, out / "pareto.png")
+    _plot_losses(report, out / "runs", out / "train_loss.png")
