@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from ghost_vision.recipes import RECIPES_DIR, recipe_path
 from ghost_vision.tasks import load_task  # also importable from here (its historical place)
 from ghost_vision.tasks.callbacks import DrawPredictions, SkippedFiles, TrainingCurves, output_dir
-from ghost_vision.tasks.checkpoint_io import AtomicCheckpointIO, CheckpointError, check_checkpoint
+from ghost_vision.tasks.checkpoint_io import CheckpointError, check_checkpoint
 
 __all__ = ["GhostCLI", "train", "evaluate", "format_metrics", "side_by_side", "config_args", "load_task"]
 
@@ -97,7 +97,8 @@ def _make_cli(args: Sequence[str] | None, prog: str | None = None) -> GhostCLI:
         subclass_mode_data=True,
         # atomic checkpoint writes: a job killed while saving keeps the previous last.ckpt
         trainer_defaults={"callbacks": [TrainingCurves(), DrawPredictions(), SkippedFiles()],
-                          "plugins": [AtomicCheckpointIO()]},
+                          # as a class path, not an instance: jsonargparse can then write it into config.yaml
+                          "plugins": [{"class_path": "ghost_vision.tasks.checkpoint_io.AtomicCheckpointIO"}]},
         save_config_kwargs={"overwrite": True},
         parser_kwargs=parser_kwargs,
     )

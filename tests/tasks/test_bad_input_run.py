@@ -80,6 +80,13 @@ def test_skipped_files_logged_and_written_to_metrics_json(raccoon_coco, tmp_path
 def test_cli_trainer_writes_checkpoints_atomically(raccoon_coco, tmp_path):
     cli = _quiet(_make_cli, ["--config", str(_toy_config(tmp_path, raccoon_coco["root"], skip=True))])
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    # the saved config.yaml names it (a class path, not an unserialisable instance with a warning on every run)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        saved = cli.parser.dump(cli.config, skip_none=False)
+    assert "class_path: ghost_vision.tasks.checkpoint_io.AtomicCheckpointIO" in saved
 
 
 def _lightning_ckpt(path: Path, step: int, size: int = 1000) -> dict:
