@@ -75,7 +75,8 @@ def test_table_mean_std_and_ratios_from_the_per_seed_files(tmp_path):
     assert peer["params_m"] == pytest.approx(sum(p.numel() for p in tv.parameters()) / 1e6)
     assert 0.1 < ghost["macs_vs_peer"] < 0.5 and "latency_ms" not in ghost  # Ghost 0.5x; no latency rounds asked
     md = (out / "train_benchmark.md").read_text()
-    assert "0.300 ± 0.265" in md and "0.400 ± 0.100" in md and "(peer)" in md
+    assert "0.300 ± 0.265 | 0.100 / 0.200 / 0.600 |" in md and "0.400 ± 0.100 | 0.300 / 0.400 / 0.500 |" in md
+    assert "| map (mean ± std) | per seed 0, 1, 2 |" in md and "(peer)" in md
     assert (out / "pareto.png").stat().st_size > 5000
 
 
@@ -131,7 +132,7 @@ def test_step_scale_gives_an_entry_its_own_step_budget(tmp_path):
     assert stored["train_cpu_s"] >= 0 and stored["train_wall_s"] > 0
     assert [r["steps"] for r in report["rows"]] == [5, 10]
     md = (out / "train_benchmark.md").read_text()
-    assert "| SSDLite" not in md and "| ghost_050 | 1.0e-01 ± – | 1 | 5 |" in md.replace("0.100", "1.0e-01")
+    assert "| SSDLite" not in md and "| ghost_050 | 0.100 ± – | 0.100 | 5 |" in md
     assert "training steps per model as listed (base budget 10)" in md
     spec["entries"][0]["step_scale"] = 1.0
     with pytest.raises(SystemExit, match="ghost_050__seed0.json was run with other settings"):

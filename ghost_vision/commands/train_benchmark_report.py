@@ -147,7 +147,7 @@ def markdown(report: dict[str, Any]) -> str:
     m, c = report["metric"], report["conditions"]
     labels = {r["name"]: r["label"] for r in report["rows"]}
     several = len({r["vs"] for r in report["rows"] if r["vs"]}) > 1
-    lines = [f"| model | {m} (mean ± std) | seeds | steps | params (M) | MACs (G) | latency (ms) | {m} / peer "
+    lines = [f"| model | {m} (mean ± std) | per seed {', '.join(map(str, report['seeds']))} | steps | params (M) | MACs (G) | latency (ms) | {m} / peer "
              "| MACs / peer | latency / peer | train time / peer | train CPU / peer | train loss at end |",
              "|" + "---|" * 13]
     for r in report["rows"]:
@@ -157,7 +157,9 @@ def markdown(report: dict[str, Any]) -> str:
         name = f"**{r['label']}** (peer)" if r["peer"] else r["label"]
         if several and r["vs"] and not r["peer"]:
             name += f" (vs {labels[r['vs']]})"
-        lines.append(f"| {name} | {acc} | {r['n']} | {r['steps']} | {_fmt(r.get('params_m'), '.2f')} | "
+        by_seed = dict(zip(r["seeds"], r["values"]))
+        per_seed = " / ".join(_fmt(by_seed.get(s), ".1e" if small else ".3f") for s in report["seeds"])
+        lines.append(f"| {name} | {acc} | {per_seed} | {r['steps']} | {_fmt(r.get('params_m'), '.2f')} | "
                      f"{_fmt(r.get('macs_g'), '.3f')} | {_fmt(r.get('latency_ms'), '.1f')} | "
                      f"{_fmt(r.get('metric_vs_peer'), '.2f')} | {_fmt(r.get('macs_vs_peer'), '.2f')} | "
                      f"{_fmt(r.get('latency_vs_peer'), '.2f')} | {_fmt(r.get('train_time_vs_peer'), '.2f')} | "
