@@ -231,10 +231,11 @@ def _plot_losses(report: dict[str, Any], runs: Path, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = iter(["tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"] * 3)
     for r, steps, mean in curves.values():
         w = max(1, len(mean) // 10)
         smooth = [statistics.fmean(mean[max(0, i - w + 1):i + 1]) for i in range(len(mean))]
-        ax.plot(steps, smooth, "--" if r["peer"] else "-", color="tab:orange" if r["peer"] else None,
+        ax.plot(steps, smooth, "--" if r["peer"] else "-", color="tab:orange" if r["peer"] else next(colors),
                 label=f"{r['label']} ({r['n']} seed{'s' if r['n'] != 1 else ''})")
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss (mean over seeds, running mean)")
