@@ -78,10 +78,36 @@ def config_args(args: Sequence[str]) -> list[str]:
         args = ["--config", str(recipe_path(args[0])), *args[1:]]
     for i, arg in enumerate(args):
         if i and args[i - 1] == "--config":
-            args[i] = named(arg)
+            args[i] = _repaired(named(arg))
         elif arg.startswith("--config="):
-            args[i] = "--config=" + named(arg.removeprefix("--config="))
+            args[i] = "--config=" + _repaired(named(arg.removeprefix("--config=")))
     return args
+
+
+_ATOMIC_IO = "ghost_vision.tasks.checkpoint_io.AtomicCheckpointIO"
+
+
+def _repaired(config: str) -> str:
+    """``config`` itself, or, for a ``config.yaml`` saved by ghost-vision 0.1's trainers, its repaired text
+    (jsonargparse takes a YAML string for ``--config`` as well as a path). Those trainers held the checkpoint
+    plugin as an instance, which jsonargparse wrote as the string "Unable to serialize instance
+    <...AtomicCheckpointIO object at 0x...>", and such a file no longer parsed (``--config run/config.yaml``
+    failed on ``trainer.plugins``). The placeholder becomes the class path it stood for; nothing else changes."""
+    import yaml
+
+    path = Path(config)
+    try:
+        text = path.read_text(encoding="utf-8") if path.suffix in (".yaml", ".yml") and path.is_file() else ""
+        cfg = yaml.safe_load(text) if "Unable to serialize instance" in text else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return config  # jsonargparse reports an unreadable file
+    plugins = (cfg.get("trainer") or {}).get("plugins") if isinstance(cfg, dict) else None
+    stale = f"Unable to serialize instance <{_ATOMIC_IO} object"
+    if not isinstance(plugins, list) or not any(isinstance(p, str) and p.startswith(stale) for p in plugins):
+        return config
+    cfg["trainer"]["plugins"] = [{"class_path": _ATOMIC_IO} if isinstance(p, str) and p.startswith(stale) else p
+                                 for p in plugins]
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def _make_cli(args: Sequence[str] | None, prog: str | None = None) -> GhostCLI:
@@ -98,7 +124,7 @@ def _make_cli(args: Sequence[str] | None, prog: str | None = None) -> GhostCLI:
         # atomic checkpoint writes: a job killed while saving keeps the previous last.ckpt
         trainer_defaults={"callbacks": [TrainingCurves(), DrawPredictions(), SkippedFiles()],
                           # as a class path, not an instance: jsonargparse can then write it into config.yaml
-                          "plugins": [{"class_path": "ghost_vision.tasks.checkpoint_io.AtomicCheckpointIO"}]},
+                          "plugins": [{"class_path": _ATOMIC_IO}]},
         save_config_kwargs={"overwrite": True},
         parser_kwargs=parser_kwargs,
     )

@@ -87,6 +87,14 @@ def test_cli_trainer_writes_checkpoints_atomically(raccoon_coco, tmp_path):
         warnings.simplefilter("error")
         saved = cli.parser.dump(cli.config, skip_none=False)
     assert "class_path: ghost_vision.tasks.checkpoint_io.AtomicCheckpointIO" in saved
+    # a config.yaml of the 0.1 trainers (the instance written as a placeholder string) re-creates its run again
+    old = tmp_path / "old_config.yaml"
+    old.write_text(saved.replace("  - class_path: ghost_vision.tasks.checkpoint_io.AtomicCheckpointIO", "  - Unable to "
+                                 "serialize instance <ghost_vision.tasks.checkpoint_io.AtomicCheckpointIO object at 0x7f24>"))
+    assert "Unable to serialize" in old.read_text()
+    again = _quiet(_make_cli, ["--config", str(old)])
+    assert isinstance(again.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert again.parser.dump(again.config, skip_none=False) == saved  # the same run, nothing else changed
 
 
 def _lightning_ckpt(path: Path, step: int, size: int = 1000) -> dict:
