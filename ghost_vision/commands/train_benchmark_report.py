@@ -195,7 +195,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         for r in pts:
             ax.errorbar(r[key], r["mean"], yerr=r["std"] or 0.0, fmt="s" if r["peer"] else "o", capsize=4,
                         color="tab:orange" if r["peer"] else "tab:blue")
-            ax.annotate(r["label"], (r[key], r["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            few = f" ({r['n']} of {len(report['seeds'])} seeds)" if r["n"] < len(report["seeds"]) else ""
+            ax.annotate(r["label"] + few, (r[key], r["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
         front = pareto_front([(r[key], r["mean"]) for r in pts])
         if len(front) > 1:
             ax.plot([pts[i][key] for i in front], [pts[i]["mean"] for i in front], "--", color="gray", lw=1,
