@@ -102,11 +102,13 @@ def _repaired(config: str) -> str:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return config  # jsonargparse reports an unreadable file
     plugins = (cfg.get("trainer") or {}).get("plugins") if isinstance(cfg, dict) else None
-    stale = f"Unable to serialize instance <{_ATOMIC_IO} object"
-    if not isinstance(plugins, list) or not any(isinstance(p, str) and p.startswith(stale) for p in plugins):
+    if not isinstance(plugins, list):
         return config
-    cfg["trainer"]["plugins"] = [{"class_path": _ATOMIC_IO} if isinstance(p, str) and p.startswith(stale) else p
-                                 for p in plugins]
+    stale = f"Unable to serialize instance <{_ATOMIC_IO} object"
+    fixed = [{"class_path": _ATOMIC_IO} if isinstance(p, str) and p.startswith(stale) else p for p in plugins]
+    if fixed == plugins:
+        return config
+    cfg["trainer"]["plugins"] = fixed
     return yaml.safe_dump(cfg, sort_keys=False)
 
 

@@ -50,7 +50,13 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from ghost_vision.commands.train_benchmark_report import aggregate, entry_steps, train_loss_end, write_report
+from ghost_vision.commands.train_benchmark_report import (
+    aggregate,
+    entry_steps,
+    run_name,
+    train_loss_end,
+    write_report,
+)
 
 __all__ = ["BENCHMARKS_DIR", "load_spec", "entry_steps", "run_args", "run_benchmark", "train_loss_end", "main"]
 
@@ -208,7 +214,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def result_path(out: Path, entry: str, seed: int) -> Path:
-    return out / "results" / f"{entry}__seed{seed}.json"
+    return out / "results" / f"{run_name(entry, seed)}.json"
 
 
 def run_benchmark(spec: dict[str, Any], out: str | os.PathLike, *, extra: Sequence[str] = (),
@@ -248,7 +254,7 @@ def run_benchmark(spec: dict[str, Any], out: str | os.PathLike, *, extra: Sequen
     if not report_only:
         with tqdm(total=len(runs), initial=len(runs) - len(todo), desc="training runs", unit="run") as bar:
             for entry, seed in todo:
-                name = f"{entry['name']}__seed{seed}"
+                name = run_name(entry["name"], seed)
                 bar.set_postfix_str(name)
                 run_dir = out / "runs" / name
                 run_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["aggregate", "entry_steps", "loss_curve", "markdown", "pareto_front", "train_loss_end", "write_report"]
+__all__ = ["aggregate", "entry_steps", "loss_curve", "markdown", "pareto_front", "run_name", "train_loss_end",
+           "write_report"]
 
 
 def entry_steps(spec: dict[str, Any], entry: dict[str, Any]) -> int:
@@ -32,6 +33,16 @@ def entry_steps(spec: dict[str, Any], entry: dict[str, Any]) -> int:
         (625, 1250)
     """
     return max(1, round(int(spec["max_steps"]) * float(entry.get("step_scale", 1.0))))
+
+
+def run_name(entry: str, seed: int) -> str:
+    """The name of one run, ``ENTRY__seedS``: its folder under ``OUT/runs/`` and its file under ``OUT/results/``.
+
+    Example:
+        >>> run_name("ghost_v1_100", 2)
+        'ghost_v1_100__seed2'
+    """
+    return f"{entry}__seed{seed}"
 
 
 def loss_curve(run_dir: Path) -> dict[int, float]:
@@ -220,7 +231,7 @@ def _plot_losses(report: dict[str, Any], runs: Path, path: Path) -> bool:
     the same batches for every entry, so the curves pair up step by step. False (and no file) without logs."""
     curves = {}
     for r in report["rows"]:
-        per_seed = [c for s in r["seeds"] if (c := loss_curve(runs / f"{r['name']}__seed{s}"))]
+        per_seed = [c for s in r["seeds"] if (c := loss_curve(runs / run_name(r["name"], s)))]
         steps = sorted(set.intersection(*(set(c) for c in per_seed))) if per_seed else []
         if steps:
             curves[r["name"]] = (r, steps, [statistics.fmean(c[k] for c in per_seed) for k in steps])
