@@ -293,6 +293,75 @@ def test_onnx_export_parity(tmp_path: Path) -> None:
         _same_detections(a, b)
 
 
+# ----------------------------------------------------------------------------------------------- DDP
+def _ddp_case() -> tuple[NanoDetPlus, torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Four images whose halves differ in positives (three and two boxes vs one small box each). Eval mode:
+    BatchNorm uses its running statistics, so an image's loss does not depend on the others in the batch.
+    Class biases 0 instead of the prior: the box-loss normaliser (sum of the positives' scores) is then well
+    above its clamp at 1 (at the prior it is about 0.4, and clamped normalisers cannot add up across ranks)."""
+    torch.manual_seed(0)
+    model = nanodet_plus_ghostnet(num_classes=3, width=0.5, size=128, aux_channels=32, aux_convs=1).eval()
+    with torch.no_grad():
+        for conv in [*model.head.gfl_cls, model.aux_head.gfl_cls]:
+            conv.bias[:2].zero_()
+    x = torch.randn(4, 3, 128, 128)
+    boxes = ([[8.0, 8.0, 70.0, 90.0], [60.0, 20.0, 120.0, 60.0], [30.0, 70.0, 100.0, 125.0]],
+             [[10.0, 40.0, 60.0, 110.0], [70.0, 5.0, 125.0, 80.0]], [[50.0, 50.0, 66.0, 64.0]],
+             [[20.0, 90.0, 40.0, 118.0]])
+    targets = [{"boxes": torch.tensor(b), "labels": torch.arange(len(b)) % 2 + 1} for b in boxes]
+    return model, x, targets
+
+
+def _loss_grads(model: NanoDetPlus, x: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+    model.zero_grad()
+    sum(model.compute_loss(x, targets).values()).backward()
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+
+def _ddp_grads(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """One gloo process: the loss of its half of the batch, gradients averaged over ranks as DDP does."""
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        model, x, targets = _ddp_case()
+        share = slice(2 * rank, 2 * rank + 2)
+        grads = _loss_grads(model, x[share], targets[share])
+        for g in grads:
+            dist.all_reduce(g)
+            g /= world_size
+        torch.save(grads, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ddp_ranks_give_the_one_process_gradient(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    model, x, targets = _ddp_case()
+    whole = _loss_grads(model, x, targets)
+    # what per-rank normalisers give (each half divided by its own positives, then averaged): not the same
+    halves = [_loss_grads(model, x[i:i + 2], targets[i:i + 2]) for i in (0, 2)]
+    per_rank = [(a + b) / 2 for a, b in zip(*halves)]
+    assert max(float((a - b).abs().max()) for a, b in zip(per_rank, whole)) > 1e-3  # the check has teeth
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_ddp_grads, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method=method)
+    for r in range(2):
+        got = torch.load(tmp_path / f"rank{r}.pt")
+        for g, w in zip(got, whole):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------- overfit
 @pytest.mark.slow
 def test_overfit_loss_falls_and_map_rises() -> None:

@@ -2,7 +2,7 @@
 
 from .assigner import AssignResult, DynamicSoftLabelAssigner
 from .head import GFLHead, Integral, SimpleConvHead, bbox2distance, distance2bbox, make_priors
-from .losses import distribution_focal_loss, giou_loss, quality_focal_loss
+from .losses import distribution_focal_loss, giou_loss, mean_over_ranks, quality_focal_loss
 from .model import NanoDetBackbone, NanoDetPlus, nanodet_plus_ghostnet
 from .neck import GhostBlocks, GhostPAN
 
@@ -21,6 +21,7 @@ __all__ = [
     "distribution_focal_loss",
     "giou_loss",
     "make_priors",
+    "mean_over_ranks",
     "nanodet_plus_ghostnet",
     "quality_focal_loss",
 ]

@@ -7,16 +7,19 @@
 * GIoU loss: ``torchvision.ops.generalized_box_iou_loss``.
 
 torchvision ships only the (binary-target) ``sigmoid_focal_loss``; QFL and DFL are written here.
+:func:`mean_over_ranks` makes the loss normalisers (number of positives, box weight sum) those of the whole
+distributed batch, as NanoDet's ``reduce_mean`` does.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss
 
-__all__ = ["distribution_focal_loss", "giou_loss", "quality_focal_loss"]
+__all__ = ["distribution_focal_loss", "giou_loss", "mean_over_ranks", "quality_focal_loss"]
 
 
 def quality_focal_loss(logits: Tensor, labels: Tensor, scores: Tensor, *, beta: float = 2.0) -> Tensor:
@@ -65,3 +68,24 @@ def distribution_focal_loss(logits: Tensor, target: Tensor) -> Tensor:
 def giou_loss(boxes: Tensor, target: Tensor) -> Tensor:
     """``1 - GIoU`` per box pair (``torchvision.ops.generalized_box_iou_loss``), boxes ``(x1, y1, x2, y2)``."""
     return generalized_box_iou_loss(boxes, target, reduction="none")
+
+
+def mean_over_ranks(x: Tensor) -> Tensor:
+    """The mean of ``x`` over the processes of a distributed run (``x`` itself outside one), without gradient.
+
+    A loss divided by its own process's count of positives and then averaged over processes (what DDP does to
+    gradients) is not the loss of the whole batch: a process with few positives weighs as much as one with
+    many. Divided by the mean count over processes, the averaged gradient is exactly the one-process gradient
+    of the whole batch. Every process of the group must call this the same number of times.
+
+    Example:
+        >>> import torch
+        >>> mean_over_ranks(torch.tensor(3.0))  # not distributed: unchanged
+        tensor(3.)
+    """
+    x = x.detach()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()

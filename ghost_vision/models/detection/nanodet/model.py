@@ -18,7 +18,7 @@ from ...ghostnet import GhostNetFeatures
 from .._utils import NUM_BACKBONE_UNITS, build_body, validate_trainable_layers
 from .assigner import AssignResult, DynamicSoftLabelAssigner
 from .head import GFLHead, Integral, SimpleConvHead, bbox2distance, distance2bbox, make_priors
-from .losses import distribution_focal_loss, giou_loss, quality_focal_loss
+from .losses import distribution_focal_loss, giou_loss, mean_over_ranks, quality_focal_loss
 from .neck import GhostPAN
 
 __all__ = ["NanoDetBackbone", "NanoDetPlus", "nanodet_plus_ghostnet"]
@@ -213,15 +213,16 @@ class NanoDetPlus(nn.Module):
             gt_boxes.append(t["boxes"][idx] if len(t["boxes"]) else priors.new_zeros(len(idx), 4))
         label, score, gt = torch.cat(labels), torch.cat(scores), torch.cat(gt_boxes)
         pos = label >= 0
-        num_pos = pos.sum().clamp(min=1).to(logits.dtype)  # single process: no all-reduce across ranks
+        # normalisers of the whole batch across DDP ranks (both all-reduces run on every rank, positives or not)
+        num_pos = mean_over_ranks(pos.sum().to(logits.dtype)).clamp(min=1.0)
+        weight = logits[pos].detach().sigmoid().amax(1)
+        avg = mean_over_ranks(weight.sum()).clamp(min=1.0)
         loss_qfl = quality_focal_loss(logits, label, score).sum() / num_pos
         if not bool(pos.any()):
             zero = reg.sum() * 0.0
             return {"loss_qfl": w_qfl * loss_qfl, "loss_bbox": zero, "loss_dfl": zero}
         p = priors.repeat(len(assigned), 1)[pos]
         box = distance2bbox(p[:, :2], self.integral(reg[pos]) * p[:, 2:3])
-        weight = logits[pos].detach().sigmoid().amax(1)
-        avg = weight.sum().clamp(min=1.0)
         loss_bbox = (giou_loss(box, gt[pos]) * weight).sum() / avg
         dist = (bbox2distance(p[:, :2], gt[pos]) / p[:, 2:3]).clamp(0, r - 0.1)
         loss_dfl = (distribution_focal_loss(reg[pos].reshape(-1, r + 1), dist.reshape(-1))
