@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,14 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 REPO = Path(__file__).resolve().parents[1]
 # ../shared/datasets next to the checkout; GHOST_VISION_SHARED_DATASETS points elsewhere (e.g. from a worktree)
 SHARED_DATASETS = Path(os.environ.get("GHOST_VISION_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for gloo process groups and a server that is down)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import torch
 import torch.multiprocessing as mp
 from metrics_testdata import IMAGES, ddp_worker, evaluate_indices, write_coco_gt
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -26,7 +19,7 @@ def assert_same(a: dict, b: dict) -> None:
             assert a[k] == b[k], k
 
 
-def test_two_gloo_processes_equal_one_process(tmp_path):
+def test_two_gloo_processes_equal_one_process(tmp_path, free_port):
     ann_file = str(write_coco_gt(tmp_path / "instances.json"))
     n = len(IMAGES)  # 7 images on 2 ranks: DistributedSampler pads with one repeated sample
     single_dir = tmp_path / "single"
@@ -36,7 +29,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     # fork where available: the children inherit the imported modules instead of paying ~6 s of CPU each
     # to import torch and torchmetrics again (they set 1 intra-op thread first, as DataLoader workers do)
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    args = (2, free_port(), str(tmp_path), ann_file, n)
+    args = (2, free_port, str(tmp_path), ann_file, n)
     mp.start_processes(ddp_worker, args=args, nprocs=2, join=True, start_method=method)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
 

@@ -339,14 +339,9 @@ def _ddp_grads(rank: int, world_size: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_ddp_ranks_give_the_one_process_gradient(tmp_path: Path) -> None:
-    import socket
-
+def test_two_ddp_ranks_give_the_one_process_gradient(tmp_path: Path, free_port: int) -> None:
     import torch.multiprocessing as mp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     model, x, targets = _ddp_case()
     whole = _loss_grads(model, x, targets)
     # what per-rank normalisers give (each half divided by its own positives, then averaged): not the same
@@ -355,7 +350,7 @@ def test_two_ddp_ranks_give_the_one_process_gradient(tmp_path: Path) -> None:
     assert max(float((a - b).abs().max()) for a, b in zip(per_rank, whole)) > 1e-3  # the check has teeth
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_ddp_grads, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method=method)
+    mp.start_processes(_ddp_grads, args=(2, free_port, str(tmp_path)), nprocs=2, join=True, start_method=method)
     for r in range(2):
         got = torch.load(tmp_path / f"rank{r}.pt")
         for g, w in zip(got, whole):

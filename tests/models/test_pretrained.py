@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import socket
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -180,14 +179,8 @@ def test_sha256_checked_and_mismatch_not_kept(server, served_sd) -> None:
     assert not weights_path("ghostnet_050.bad").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_server_down_says_what_to_do(served_sd) -> None:
-    url = f"http://127.0.0.1:{_free_port()}/ghostnet_050.pth"
+def test_server_down_says_what_to_do(served_sd, free_port) -> None:
+    url = f"http://127.0.0.1:{free_port}/ghostnet_050.pth"
     register_weights("ghostnet_050.offline", variant="ghostnet_050", url=url)
     with pytest.raises(WeightsDownloadError) as exc:
         create_ghostnet("ghostnet_050", weights="ghostnet_050.offline")
