@@ -32,7 +32,7 @@ import torch
 from ghost_vision._optional import require
 from ghost_vision.deploy import optimize, optimize_for_onnx
 from ghost_vision.deploy.export import export_onnx, export_torchscript
-from ghost_vision.models import VARIANTS, get_model, load_weights, reparameterize
+from ghost_vision.models import get_model, load_weights, reparameterize, variant_config
 
 
 def build_model(name: str, num_classes: int | None) -> torch.nn.Module:
@@ -40,7 +40,7 @@ def build_model(name: str, num_classes: int | None) -> torch.nn.Module:
     detectors, segmenters, the torchvision peers), or ``<variant>_features`` for a feature backbone."""
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     base = name.removesuffix("_features")
-    if base != name and base in VARIANTS:
+    if base != name and variant_config(base) is not None:
         return get_model(base, features_only=True, out_indices=(1, 2, 3, 4))
     try:
         return get_model(name, **kwargs)
@@ -76,12 +76,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> dict[
 
     model = build_model(args.model, args.num_classes)
     if args.weights:
-        load_weights(model, args.weights) if args.model in VARIANTS else model.load_state_dict(
+        load_weights(model, args.weights) if variant_config(args.model) is not None else model.load_state_dict(
             torch.load(args.weights, map_location="cpu", weights_only=True))
     reparameterize(model.eval())  # GhostNetV3: always the fused inference form (no-op for v1/v2)
     onnx_model = model if args.plain else optimize_for_onnx(model)
     ts_model = model if args.plain else optimize(model, script=False)
-    h, w = args.size or ((224, 224) if args.model in VARIANTS else (320, 320))
+    h, w = args.size or ((224, 224) if variant_config(args.model) is not None else (320, 320))
     example = torch.rand(1, 3, h, w)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"model": args.model, "input": [1, 3, h, w], "optimized": not args.plain}

@@ -41,6 +41,7 @@ from .pretrained import (
 )
 from .registry import get_model, list_models
 from .segmentation import GhostDeepLabV3, GhostLRASPP, deeplabv3_ghostnet, lraspp_ghostnet
+from .variants import variant_config, variant_name
 from .weights import WeightsMismatchError, load_weights, read_state_dict
 
 __all__ = [
@@ -87,6 +88,8 @@ __all__ = [
     "load_weights",
     "read_state_dict",
     "resolve_variant",
+    "variant_config",
+    "variant_name",
 ]
 
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .ghostnet import GhostNet, GhostNetFeatures
 from .pretrained import get_weights, list_weights, load_named_weights, weight_loading_skipped
-from .variants import VARIANTS
+from .variants import VARIANTS, WIDTH_RANGE, variant_config, variant_name
 from .weights import load_weights
 
 __all__ = [
@@ -81,7 +81,9 @@ def create_ghostnet(
     Args:
         name: ``ghostnet_050/100/130`` (v1), ``ghostnetv2_100/130/160`` (v2, DFC attention) or
             ``ghostnetv3_050/100/130/160`` (v3, built in its multi-branch training form: call
-            :func:`~ghost_vision.models.reparameterize` before deploying).
+            :func:`~ghost_vision.models.reparameterize` before deploying). Any other width is written the
+            same way, ``ghostnet[v2|v3]_NNN`` with NNN = width × 100 (e.g. ``ghostnet_110``); such widths have
+            no published weights.
         weights: ``None``, a registered name such as ``"ghostnet_100.in1k"`` (see
             :func:`~ghost_vision.models.list_weights`; downloaded once into the torch hub cache and
             verified), a checkpoint path, a state dict, or ``"timm"`` (same as ``"<name>.in1k"``).
@@ -102,7 +104,7 @@ def create_ghostnet(
         [(1, 24, 80, 80), (1, 40, 40, 40), (1, 112, 20, 20), (1, 960, 10, 10)]
     """
     check_variant(name)
-    version, width = VARIANTS[name]
+    version, width = variant_config(name)
     if features_only:
         model: GhostNet | GhostNetFeatures = GhostNetFeatures(
             version=version, width=width, out_indices=out_indices, output_stride=output_stride,
@@ -117,39 +119,46 @@ def create_ghostnet(
 
 
 def check_variant(name: str, *, argument: str = "name") -> None:
-    """Raise a ``ValueError`` naming the choices unless ``name`` is a key of :data:`VARIANTS`."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown GhostNet variant {argument}={name!r}; choose one of {list(VARIANTS)}")
+    """Raise a ``ValueError`` naming the choices unless ``name`` is a variant (a key of :data:`VARIANTS` or a
+    custom width ``ghostnet[v2|v3]_NNN``, see :func:`~ghost_vision.models.variant_config`)."""
+    if variant_config(name) is None:
+        raise ValueError(
+            f"unknown GhostNet variant {argument}={name!r}; choose one of {list(VARIANTS)}, or another width as "
+            f"ghostnet[v2|v3]_NNN with NNN = width x 100 from {WIDTH_RANGE[0]:g} to {WIDTH_RANGE[1]:g} "
+            "(e.g. 'ghostnet_110'; no published weights)"
+        )
 
 
 def resolve_variant(width: float, backbone: str | None = None) -> str:
     """The variant a task builder uses: ``backbone`` when given, else the GhostNet v1 variant of ``width``.
 
     The one width -> variant rule of the detection and segmentation builders. ``width`` is matched to
-    1e-9 against the v1 widths of :data:`VARIANTS`; with ``backbone`` it must be left at 1.0 or agree with
-    the backbone's width.
+    1e-9 against the v1 widths of :data:`VARIANTS`; another width that is a whole number of hundredths
+    gives the custom name (``1.1`` -> ``ghostnet_110``, no published weights). With ``backbone`` it must
+    be left at 1.0 or agree with the backbone's width.
 
     Example:
-        >>> resolve_variant(0.5), resolve_variant(1.0, "ghostnetv2_130")
-        ('ghostnet_050', 'ghostnetv2_130')
+        >>> resolve_variant(0.5), resolve_variant(1.1), resolve_variant(1.0, "ghostnetv2_130")
+        ('ghostnet_050', 'ghostnet_110', 'ghostnetv2_130')
     """
     if isinstance(width, bool) or not isinstance(width, (int, float)):
         raise ValueError(f"width must be a number, got {width!r}")
     if backbone is not None:
         check_variant(backbone, argument="backbone")
-        own = VARIANTS[backbone][1]
+        own = variant_config(backbone)[1]
         if abs(width - 1.0) > 1e-9 and abs(width - own) > 1e-9:
             raise ValueError(f"width={width} contradicts backbone={backbone!r} (width {own}); pass one of them")
         return backbone
-    v1 = {w: name for name, (version, w) in VARIANTS.items() if version == 1}
-    for w, name in v1.items():
-        if abs(width - w) < 1e-9:
-            return name
-    others = [name for name, (version, _) in VARIANTS.items() if version != 1]
-    raise ValueError(
-        f"width must be one of {sorted(v1)} (GhostNet v1), got {width!r}; for another version pass "
-        f"backbone= one of {others}"
-    )
+    name = variant_name(1, float(width))
+    if name is None:
+        v1 = sorted(w for version, w in VARIANTS.values() if version == 1)
+        others = [name for name, (version, _) in VARIANTS.items() if version != 1]
+        raise ValueError(
+            f"width must be one of {v1} (GhostNet v1, published weights) or another multiple of 0.01 from "
+            f"{WIDTH_RANGE[0]:g} to {WIDTH_RANGE[1]:g} (no published weights), got {width!r}; for another "
+            f"version pass backbone= one of {others} (or ghostnetv2_NNN / ghostnetv3_NNN)"
+        )
+    return name
 
 
 def _builder(name: str):

@@ -42,7 +42,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor
 
-from .variants import VARIANTS
+from .variants import VARIANTS, variant_config
 from .weights import read_state_dict
 
 __all__ = [
@@ -141,8 +141,9 @@ def register_weights(
         ...                      url="file:///data/ckpt/ghostnet_050_in1k.pth", top1=66.0)
         >>> # create_ghostnet("ghostnet_050", weights="ghostnet_050.mine")
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"register_weights({name!r}): unknown variant {variant!r}; choose one of {list(VARIANTS)}")
+    if variant_config(variant) is None:
+        raise ValueError(f"register_weights({name!r}): unknown variant {variant!r}; choose one of {list(VARIANTS)} "
+                         "or a custom width such as 'ghostnet_110'")
     if urlparse(url).scheme not in ("http", "https", "file"):
         raise ValueError(f"register_weights({name!r}): url must start with https://, http:// or file://, got {url!r}")
     return _add(name, variant, url, sha256, **meta)

@@ -162,7 +162,7 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     """
     if not isinstance(name, str):
         raise ValueError(f"model name must be a string, got {name!r}")
-    if name in factory.VARIANTS:
+    if factory.variant_config(name) is not None:  # a named variant or a custom width (ghostnet_110)
         return factory.create_ghostnet(name, **kwargs)
     builder = _DETECTORS.get(name) or _SEGMENTERS.get(name)
     if builder is not None:

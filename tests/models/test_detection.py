@@ -137,11 +137,12 @@ def test_fpn_backbone_options() -> None:
 
 def test_variant_selection() -> None:
     assert ssdlite320_ghostnet(width=0.5).backbone.body.width == 0.5
+    assert ssdlite320_ghostnet(width=1.1).backbone.body.width == 1.1  # the peer's MACs (0.96x at 320 px)
     assert fcos_ghostnet_fpn(backbone="ghostnetv2_100").backbone.body.version == 2
     with pytest.raises(ValueError, match="width must be one of"):
-        fasterrcnn_ghostnet_fpn(width=0.7)
+        fasterrcnn_ghostnet_fpn(width=0.777)
     with pytest.raises(ValueError, match="unknown GhostNet variant"):
-        retinanet_ghostnet_fpn(backbone="ghostnet_200")
+        retinanet_ghostnet_fpn(backbone="ghostnet_2000")
 
 
 def test_anchor_sizes_follow_levels() -> None:

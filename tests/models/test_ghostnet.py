@@ -81,6 +81,24 @@ def test_timm_parity(name: str) -> None:
         torch.testing.assert_close(feats(x)["2"], trunk, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name,timm_args", [
+    ("ghostnet_110", ("ghostnet_100", 1.1, {})),  # the width whose SSDLite matches the peer's MACs
+    ("ghostnetv2_075", ("ghostnetv2_100", 0.75, {"version": "v2"})),
+])
+def test_custom_width_timm_parity(name: str, timm_args: tuple) -> None:
+    """A width outside the named table (``ghostnet_110``) is timm's GhostNet at that width, weight for weight."""
+    from timm.models.ghostnet import _create_ghostnet  # timm builds any width through its private factory
+
+    variant, width, extra = timm_args
+    ref = _create_ghostnet(variant, width=width, **extra).eval()
+    _randomize_bn(ref)
+    ours = create_ghostnet(name).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-5)
+
+
 def test_key_count_matches_the_official_checkpoint() -> None:
     assert len(create_ghostnet("ghostnet_100").state_dict()) == 512
     assert len(create_ghostnet("ghostnetv2_100").state_dict()) == 764
@@ -195,7 +213,7 @@ def test_bad_width_and_name() -> None:
     with pytest.raises(ValueError, match="width must be > 0"):
         GhostNetFeatures(width=-1.0)
     with pytest.raises(ValueError, match="choose one of"):
-        create_ghostnet("ghostnet_200")
+        create_ghostnet("ghostnet_2000")
 
 
 def test_tiny_inputs_work_for_v2() -> None:

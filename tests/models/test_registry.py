@@ -12,6 +12,7 @@ from ghost_vision.models import (
     GhostLRASPP,
     GhostNet,
     GhostNetFeatures,
+    create_ghostnet,
     deeplabv3_ghostnet,
     factory,
     fasterrcnn_ghostnet_fpn,
@@ -20,6 +21,8 @@ from ghost_vision.models import (
     lraspp_ghostnet,
     resolve_variant,
     ssdlite320_ghostnet,
+    variant_config,
+    variant_name,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -84,15 +87,52 @@ def test_unknown_name_lists_the_choices() -> None:
         get_model(None)  # type: ignore[arg-type]
 
 
+def test_custom_widths() -> None:
+    """Any width under timm's naming rule: parsed, built at that width, no weights to load."""
+    assert variant_config("ghostnet_110") == (1, 1.1)
+    assert variant_config("ghostnetv2_075") == (2, 0.75) and variant_config("ghostnetv3_200") == (3, 2.0)
+    assert variant_config("ghostnet_100") == VARIANTS["ghostnet_100"]
+    for bad in ("ghostnet_11", "ghostnet_1100", "ghostnetv4_100", "ghostnet_009", "ghostnet_401", "xghostnet_100", 1.0):
+        assert variant_config(bad) is None, bad
+    for version, width in [(1, 1.1), (2, 0.75), (3, 1.6), (1, 0.5)]:
+        name = variant_name(version, width)
+        assert variant_config(name) == (version, width)
+    assert variant_name(1, 1.3) == "ghostnet_130" and variant_name(2, 1.0) == "ghostnetv2_100"
+    assert variant_name(4, 1.0) is None and variant_name(1, 1.234) is None and variant_name(1, 5.0) is None
+    net = get_model("ghostnet_110", num_classes=5)
+    assert isinstance(net, GhostNet) and (net.version, net.width) == (1, 1.1)
+    # channels: the paper's table x 1.1, rounded to multiples of 4 (timm's parity is in test_weights)
+    assert get_model("ghostnet_110", features_only=True).out_channels == [28, 44, 124, 1056]
+    feats = get_model("ghostnetv2_075", features_only=True)
+    assert (feats.version, feats.width) == (2, 0.75)
+    with pytest.raises(ValueError, match=r"timm publishes no ImageNet weights for ghostnet_110"):
+        get_model("ghostnet_110", weights="timm")
+    with pytest.raises(FileNotFoundError, match=r"Names for ghostnet_110: none published"):
+        get_model("ghostnet_110", weights="ghostnet_110.in1k_typo")
+    with pytest.raises(ValueError, match=r"weights 'ghostnet_100.in1k' are for ghostnet_100, not ghostnet_110"):
+        get_model("ghostnet_110", weights="ghostnet_100.in1k")
+    with pytest.raises(ValueError, match=r"unknown GhostNet variant name='ghostnet_1000'; choose one of .* or another "
+                                         r"width as ghostnet\[v2\|v3\]_NNN with NNN = width x 100 from 0.1 to 4"):
+        create_ghostnet("ghostnet_1000")
+    assert "ghostnet_110" not in list_models()  # the listing stays the named variants
+
+
 def test_resolve_variant() -> None:
     assert [resolve_variant(w) for w in (0.5, 1, 1.0, 1.3)] == [
         "ghostnet_050", "ghostnet_100", "ghostnet_100", "ghostnet_130"]
     assert resolve_variant(0.5 + 1e-12) == "ghostnet_050"  # a width computed in floating point
     assert resolve_variant(1.0, "ghostnetv2_160") == "ghostnetv2_160"
     assert resolve_variant(1.6, "ghostnetv2_160") == "ghostnetv2_160"  # agreeing width and backbone
-    with pytest.raises(ValueError, match=r"width must be one of \[0.5, 1.0, 1.3\] \(GhostNet v1\), got 0.7; "
-                                         r"for another version pass backbone= one of \['ghostnetv2_100'"):
-        resolve_variant(0.7)
+    # other widths get timm's naming rule (width x 100), without published weights
+    assert [resolve_variant(w) for w in (0.7, 1.1, 1.1000000001, 4.0)] == [
+        "ghostnet_070", "ghostnet_110", "ghostnet_110", "ghostnet_400"]
+    assert resolve_variant(1.1, "ghostnetv3_110") == "ghostnetv3_110"
+    for width in (1.105, 0.05, 4.01):
+        with pytest.raises(ValueError, match=rf"width must be one of \[0.5, 1.0, 1.3\] \(GhostNet v1, published "
+                                             rf"weights\) or another multiple of 0.01 from 0.1 to 4 \(no published "
+                                             rf"weights\), got {width}; for another version pass backbone= one of "
+                                             r"\['ghostnetv2_100'"):
+            resolve_variant(width)
     with pytest.raises(ValueError, match=r"width=0.5 contradicts backbone='ghostnetv2_130' \(width 1.3\)"):
         resolve_variant(0.5, "ghostnetv2_130")
     with pytest.raises(ValueError, match=r"unknown GhostNet variant backbone='resnet50'; choose one of"):
@@ -102,7 +142,7 @@ def test_resolve_variant() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"width": 0.7}, {"width": 0.5, "backbone": "ghostnetv2_130"}, {"backbone": "resnet50"},
+    "kwargs", [{"width": 0.705}, {"width": 0.5, "backbone": "ghostnetv2_130"}, {"backbone": "resnet50"},
                {"width": True}]
 )
 def test_detection_and_segmentation_builders_resolve_alike(kwargs: dict) -> None:

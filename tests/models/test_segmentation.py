@@ -89,8 +89,8 @@ def test_weights_backbone_and_backbone_kwargs() -> None:
         ({"output_stride": 4}, r"output_stride must be 8 or 16"),
         ({"num_classes": 0}, r"num_classes must be an integer >= 1, got 0"),
         ({"num_classes": 2.5}, r"num_classes must be an integer >= 1"),
-        ({"width": 0.75}, r"width must be one of \[0.5, 1.0, 1.3\].*ghostnetv2_100"),
-        ({"width": 1.6}, r"width must be one of \[0.5, 1.0, 1.3\]"),
+        ({"width": 0.755}, r"width must be one of \[0.5, 1.0, 1.3\].*ghostnetv2_100"),
+        ({"width": 4.5}, r"width must be one of \[0.5, 1.0, 1.3\]"),
         ({"backbone": "resnet50"}, r"unknown GhostNet variant backbone='resnet50'; choose one of \['ghostnet_050'"),
         ({"backbone": "ghostnetv2_130", "width": 0.5}, r"width=0.5 contradicts backbone='ghostnetv2_130'"),
         ({"aspp_channels": 0}, r"aspp_channels must be >= 1"),
@@ -107,8 +107,8 @@ def test_deeplab_bad_arguments(kwargs: dict, match: str) -> None:
     [
         ({"num_classes": 0}, r"num_classes must be an integer >= 1, got 0"),
         ({"num_classes": True}, r"num_classes must be an integer >= 1"),
-        ({"width": 2.0}, r"width must be one of \[0.5, 1.0, 1.3\]"),
-        ({"backbone": "ghostnet_200"}, r"unknown GhostNet variant backbone='ghostnet_200'"),
+        ({"width": 1.015}, r"width must be one of \[0.5, 1.0, 1.3\]"),
+        ({"backbone": "ghostnet_500"}, r"unknown GhostNet variant backbone='ghostnet_500'"),
     ],
 )
 def test_lraspp_bad_arguments(kwargs: dict, match: str) -> None:
