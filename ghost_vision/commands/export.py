@@ -67,9 +67,14 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> dict[
     p.add_argument("--calib-images", type=int, default=200, help="--int8: calibration images used")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy"])
     p.add_argument("--exclude", nargs="*", default=None, help="--int8: node name patterns or op types kept fp32")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="also write NAME_int8_sensitivity.json: each node group int8 alone, its output error, worst "
+                        "first, with the --exclude pattern to keep it fp32 (up to 16 of the calibration images)")
     args = p.parse_args(argv)
-    if args.int8 and not args.calib:
-        p.error("--int8 needs --calib DIR_OR_RECIPE (an image folder or a recipe whose validation split is read)")
+    for flag in ("int8", "sensitivity"):
+        if getattr(args, flag) and not args.calib:
+            p.error(f"--{flag} needs --calib DIR_OR_RECIPE (an image folder or a recipe whose validation split is "
+                    "read)")
     if "onnx" in args.formats:  # before building anything: say at once which extra is missing
         for module in ("onnx", "onnxruntime"):
             require(module, extra="onnx", purpose="ONNX export (checked in onnxruntime)")
@@ -102,5 +107,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> dict[
 
         report["int8"] = export_int8(model, args.model, args.out, args.calib, num_images=args.calib_images,
                                      method=args.calib_method, exclude=args.exclude)
+    if args.sensitivity:
+        from ghost_vision.commands.int8 import export_sensitivity
+
+        rows = export_sensitivity(model, args.model, args.out, args.calib, num_images=min(args.calib_images, 16),
+                                  method=args.calib_method)
+        report["int8_sensitivity"] = {"path": str(args.out / f"{args.model}_int8_sensitivity.json"),
+                                      "groups": len(rows), "worst": rows[0]["exclude"] if rows else None}
     (args.out / f"{args.model}.json").write_text(json.dumps(report, indent=1))
     return report

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from ghost_vision.deploy.bench import PAIRS, build, interleaved, ratio_summary
-from ghost_vision.deploy.quantize import cpu_features, int8_settings, qdq_count, quantize
+from ghost_vision.deploy.quantize import cpu_features, int8_settings, qdq_count, quantize, sensitivity
 
-__all__ = ["calibration_source", "export_int8", "benchmark_int8", "md_int8"]
+__all__ = ["calibration_source", "export_int8", "export_sensitivity", "benchmark_int8", "md_int8"]
 
 
 def calibration_source(calib: str) -> Any:
@@ -55,6 +55,23 @@ def export_int8(model: torch.nn.Module, name: str, out: Path, calib: str, *, num
           f"fusions {report['fused_graph']['QLinearConv']} QLinearConv, {report['fused_graph']['QuantizeLinear']} "
           f"QuantizeLinear and {report['fused_graph']['DequantizeLinear']} DequantizeLinear left)")
     return report
+
+
+def export_sensitivity(model: torch.nn.Module, name: str, out: Path, calib: str, *, num_images: int, method: str,
+                       show: int = 10) -> list[dict[str, Any]]:
+    """Score every node group int8 alone (:func:`~ghost_vision.deploy.quantize.sensitivity`, output error on the
+    calibration images), write ``out/NAME_int8_sensitivity.json`` (worst first) and print the ``show`` worst
+    with the ``--exclude`` pattern of each."""
+    import json
+
+    rows = sensitivity(model, calibration_source(calib), num_images=num_images, method=method)
+    path = out / f"{name}_int8_sensitivity.json"
+    path.write_text(json.dumps(rows, indent=1))
+    print(f"int8 sensitivity: {path} ({len(rows)} node groups, each int8 alone, scored by the relative L2 error "
+          f"of the core outputs on {num_images} calibration images; worst first):")
+    for r in rows[:show]:
+        print(f"  {r['error']:.4f}  {r['nodes']:3d} nodes  --exclude '{r['exclude']}'")
+    return rows
 
 
 def _e2e(model: Any, images: list[torch.Tensor]):

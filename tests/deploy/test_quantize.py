@@ -314,6 +314,29 @@ def test_cli_export_int8(tmp_path: Path) -> None:
     assert report["int8"]["fused_graph"]["Conv"] == 0
     with pytest.raises(SystemExit):
         main(["ghostnet_050", "--int8", "--out", str(tmp_path / "o2")])  # no --calib
+    with pytest.raises(SystemExit):
+        main(["ghostnet_050", "--sensitivity", "--out", str(tmp_path / "o2")])
+
+
+@pytest.mark.slow
+def test_cli_export_sensitivity(tmp_path: Path, capsys) -> None:
+    """``export --sensitivity``: the JSON holds the node groups worst first, each with its ``--exclude``
+    pattern, and the printed list names the worst one."""
+    from PIL import Image
+
+    from ghost_vision.commands.export import main
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(3):
+        Image.new("RGB", (80, 64), (60 * i, 120, 30)).save(calib / f"{i}.png")
+    report = main(["ghostnet_050", "--num-classes", "5", "--size", "64", "64", "--formats", "onnx", "--out",
+                   str(tmp_path / "out"), "--sensitivity", "--calib", str(calib), "--calib-images", "3"])
+    rows = json.loads(Path(report["int8_sensitivity"]["path"]).read_text())
+    assert len(rows) == report["int8_sensitivity"]["groups"] >= 5
+    assert [r["error"] for r in rows] == sorted((r["error"] for r in rows), reverse=True) and rows[-1]["error"] >= 0
+    assert report["int8_sensitivity"]["worst"] == rows[0]["exclude"]
+    assert f"--exclude '{rows[0]['exclude']}'" in capsys.readouterr().out
 
 
 def test_missing_onnxruntime_names_the_extra(monkeypatch, classifier, tmp_path: Path) -> None:
