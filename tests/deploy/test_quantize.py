@@ -297,8 +297,8 @@ def test_sensitivity_ranks_groups(classifier) -> None:
     assert q.meta["exclude"] == [rows[0]["exclude"]]
 
 
-@pytest.mark.slow
-def test_cli_export_int8(tmp_path: Path) -> None:
+def _export_ghostnet_050(tmp_path: Path, flag: str) -> dict:
+    """``ghost-vision export ghostnet_050 FLAG`` at 64 px, calibrated on a folder of three small images."""
     from PIL import Image
 
     from ghost_vision.commands.export import main
@@ -307,8 +307,15 @@ def test_cli_export_int8(tmp_path: Path) -> None:
     calib.mkdir()
     for i in range(3):
         Image.new("RGB", (96, 80), (40 * i, 90, 200)).save(calib / f"{i}.png")
-    report = main(["ghostnet_050", "--num-classes", "5", "--size", "64", "64", "--formats", "onnx", "--out",
-                   str(tmp_path / "out"), "--int8", "--calib", str(calib), "--calib-images", "3"])
+    return main(["ghostnet_050", "--num-classes", "5", "--size", "64", "64", "--formats", "onnx", "--out",
+                 str(tmp_path / "out"), flag, "--calib", str(calib), "--calib-images", "3"])
+
+
+@pytest.mark.slow
+def test_cli_export_int8(tmp_path: Path) -> None:
+    from ghost_vision.commands.export import main
+
+    report = _export_ghostnet_050(tmp_path, "--int8")
     q = load_quantized(report["int8"]["path"])
     assert q(torch.rand(1, 3, 64, 64)).shape == (1, 5)
     assert report["int8"]["fused_graph"]["Conv"] == 0
@@ -322,16 +329,7 @@ def test_cli_export_int8(tmp_path: Path) -> None:
 def test_cli_export_sensitivity(tmp_path: Path, capsys) -> None:
     """``export --sensitivity``: the JSON holds the node groups worst first, each with its ``--exclude``
     pattern, and the printed list names the worst one."""
-    from PIL import Image
-
-    from ghost_vision.commands.export import main
-
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    for i in range(3):
-        Image.new("RGB", (80, 64), (60 * i, 120, 30)).save(calib / f"{i}.png")
-    report = main(["ghostnet_050", "--num-classes", "5", "--size", "64", "64", "--formats", "onnx", "--out",
-                   str(tmp_path / "out"), "--sensitivity", "--calib", str(calib), "--calib-images", "3"])
+    report = _export_ghostnet_050(tmp_path, "--sensitivity")
     rows = json.loads(Path(report["int8_sensitivity"]["path"]).read_text())
     assert len(rows) == report["int8_sensitivity"]["groups"] >= 5
     assert [r["error"] for r in rows] == sorted((r["error"] for r in rows), reverse=True) and rows[-1]["error"] >= 0
