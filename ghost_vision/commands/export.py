@@ -80,13 +80,14 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> dict[
             require(module, extra="onnx", purpose="ONNX export (checked in onnxruntime)")
 
     model = build_model(args.model, args.num_classes)
+    backbone = variant_config(args.model) is not None  # a GhostNet classifier: 224 px, timm/official weights
     if args.weights:
-        load_weights(model, args.weights) if variant_config(args.model) is not None else model.load_state_dict(
+        load_weights(model, args.weights) if backbone else model.load_state_dict(
             torch.load(args.weights, map_location="cpu", weights_only=True))
     reparameterize(model.eval())  # GhostNetV3: always the fused inference form (no-op for v1/v2)
     onnx_model = model if args.plain else optimize_for_onnx(model)
     ts_model = model if args.plain else optimize(model, script=False)
-    h, w = args.size or ((224, 224) if variant_config(args.model) is not None else (320, 320))
+    h, w = args.size or ((224, 224) if backbone else (320, 320))
     example = torch.rand(1, 3, h, w)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"model": args.model, "input": [1, 3, h, w], "optimized": not args.plain}
@@ -110,9 +111,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> dict[
     if args.sensitivity:
         from ghost_vision.commands.int8 import export_sensitivity
 
-        rows = export_sensitivity(model, args.model, args.out, args.calib, num_images=min(args.calib_images, 16),
-                                  method=args.calib_method)
-        report["int8_sensitivity"] = {"path": str(args.out / f"{args.model}_int8_sensitivity.json"),
-                                      "groups": len(rows), "worst": rows[0]["exclude"] if rows else None}
+        report["int8_sensitivity"] = export_sensitivity(model, args.model, args.out, args.calib,
+                                                        num_images=min(args.calib_images, 16), method=args.calib_method)
     (args.out / f"{args.model}.json").write_text(json.dumps(report, indent=1))
     return report

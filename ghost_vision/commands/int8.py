@@ -58,10 +58,10 @@ def export_int8(model: torch.nn.Module, name: str, out: Path, calib: str, *, num
 
 
 def export_sensitivity(model: torch.nn.Module, name: str, out: Path, calib: str, *, num_images: int, method: str,
-                       show: int = 10) -> list[dict[str, Any]]:
+                       show: int = 10) -> dict[str, Any]:
     """Score every node group int8 alone (:func:`~ghost_vision.deploy.quantize.sensitivity`, output error on the
     calibration images), write ``out/NAME_int8_sensitivity.json`` (worst first) and print the ``show`` worst
-    with the ``--exclude`` pattern of each."""
+    with the ``--exclude`` pattern of each; returns a report (path, number of groups, the worst's pattern)."""
     import json
 
     rows = sensitivity(model, calibration_source(calib), num_images=num_images, method=method)
@@ -71,7 +71,7 @@ def export_sensitivity(model: torch.nn.Module, name: str, out: Path, calib: str,
           f"of the core outputs on {num_images} calibration images; worst first):")
     for r in rows[:show]:
         print(f"  {r['error']:.4f}  {r['nodes']:3d} nodes  --exclude '{r['exclude']}'")
-    return rows
+    return {"path": str(path), "groups": len(rows), "worst": rows[0]["exclude"] if rows else None}
 
 
 def _e2e(model: Any, images: list[torch.Tensor]):
