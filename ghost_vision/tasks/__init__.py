@@ -1,4 +1,5 @@
-"""Lightning tasks: detection and segmentation training/evaluation, plus picture-writing callbacks.
+"""Lightning tasks: detection and segmentation training/evaluation, plus picture-writing callbacks and
+:class:`PreciseBN` (BatchNorm statistics re-estimated before validation).
 
 :func:`load_task` loads any task checkpoint with the task class it records.
 """
@@ -8,6 +9,7 @@ from .callbacks import DrawPredictions, TrainingCurves
 from .common import build_model
 from .detection import DetectionTask
 from .loading import load_task
+from .precise_bn import PreciseBN
 from .segmentation import SegmentationTask
 
 __all__ = [
@@ -15,6 +17,7 @@ __all__ = [
     "DetectionTask",
     "DrawPredictions",
     "NonFiniteLossError",
+    "PreciseBN",
     "SegmentationTask",
     "TrainingCurves",
     "build_model",
