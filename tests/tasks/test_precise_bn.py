@@ -116,3 +116,35 @@ def test_callback_before_validation_keeps_the_random_state(tmp_path):
     state = torch.get_rng_state()
     cb.on_validation_start(trainer, task)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.slow
+def test_eval_cli_one_and_two_ddp_processes_agree(tmp_path):
+    """``ghost-vision eval ... --trainer.callbacks+=ghost_vision.tasks.PreciseBN``: the recipe-level switch works,
+    changes what is validated, and 2 DDP processes (statistics averaged over ranks) give the 1-process JSON."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, subprocess_env, tiny_args
+
+    config = "deeplabv3_ghost_shapes.yaml"
+    data = tmp_path / "data"
+
+    def run(name: str, *args: str, command: str = "eval") -> dict:
+        out = tmp_path / f"{name}.json"
+        cmd = [sys.executable, "-m", "ghost_vision", command, config.removesuffix(".yaml"),
+               *tiny_args(config, tmp_path / name, data_root=data, num_val=5, val_batches=None), *args,
+               "--output", str(out)]
+        proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        return json.loads(out.read_text())
+
+    run("train", command="train")
+    ckpt = str(tmp_path / "train" / "ckpt" / "last.ckpt")
+    precise = ["--trainer.callbacks+=ghost_vision.tasks.PreciseBN", "--trainer.callbacks.num_batches", "2"]
+    as_trained = run("plain", "--ckpt_path", ckpt)
+    one = run("one", "--ckpt_path", ckpt, *precise)
+    two = run("two", "--ckpt_path", ckpt, *precise, "--trainer.strategy", "ddp", "--trainer.devices", "2")
+    assert one == two
+    assert one != as_trained
