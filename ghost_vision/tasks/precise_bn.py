@@ -56,7 +56,9 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Any], *, num_batches:
         The number of batches used (fewer than ``num_batches`` when ``batches`` ran out).
 
     The model runs in eval mode except for those BatchNorms (momentum ``None``: a cumulative average, each batch
-    weighted alike); afterwards every module's mode, momentum and ``num_batches_tracked`` are as before.
+    weighted alike); afterwards every module's mode, momentum and ``num_batches_tracked`` are as before, and
+    BatchNorms that the eval-mode forward does not reach (a training-only head such as NanoDet-Plus's assist head)
+    keep their statistics.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.01))
@@ -73,7 +75,8 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Any], *, num_batches:
     if not norms:
         return 0
     modes = {m: m.training for m in model.modules()}
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    saved = [(m.momentum, m.num_batches_tracked.clone(), m.running_mean.clone(), m.running_var.clone())
+             for m in norms]
     model.eval()
     for m in norms:
         m.reset_running_stats()
@@ -89,7 +92,10 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[Any], *, num_batches:
             forward(model, batch)
             used += 1
     finally:
-        for m, (momentum, tracked) in zip(norms, saved):
+        for m, (momentum, tracked, mean, var) in zip(norms, saved):
+            if used == 0 or int(m.num_batches_tracked) == 0:  # not on the eval-mode path (a training-only head)
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
             m.momentum = momentum
             m.num_batches_tracked.copy_(tracked)
         for m, mode in modes.items():

@@ -87,6 +87,25 @@ def test_a_detector_runs_its_eval_forward_without_targets():
     assert not torch.allclose(bn.running_mean, before)
 
 
+def test_norms_off_the_eval_path_keep_their_statistics():
+    """A training-only branch (NanoDet-Plus's assist head is one) is not run by the eval-mode forward: its
+    BatchNorm keeps its statistics instead of being reset."""
+
+    class WithTrainingHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.aux = nn.BatchNorm2d(3), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.aux(self.body(x)) if self.training else self.body(x)
+
+    net = WithTrainingHead()
+    net.aux.running_mean.fill_(0.5)
+    recompute_bn_stats(net, [torch.randn(2, 3, 8, 8) + 3], num_batches=1)
+    assert torch.equal(net.aux.running_mean, torch.full((3,), 0.5)) and torch.equal(net.aux.running_var, torch.ones(3))
+    assert (net.body.running_mean > 2).all()
+
+
 def test_bad_arguments():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     with pytest.raises(ValueError, match="num_batches"):
