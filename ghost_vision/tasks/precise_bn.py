@@ -111,8 +111,9 @@ class PreciseBN(L.Callback):
 
     The training batches come from the DataModule's ``train_dataloader()`` (set up for ``fit`` if needed), with
     the random states of Python, NumPy and torch restored afterwards, so training after a validation draws the
-    same batches and augmentations as without this callback. Under DDP each rank estimates on its own batches
-    and the statistics are averaged over ranks. Checkpoints saved after a validation hold the new statistics.
+    same batches and augmentations as without this callback. Under DDP every rank reads that loader as the
+    DataModule builds it (Lightning does not shard it), and the statistics are then averaged over ranks, so the
+    ranks always validate the same model. Checkpoints saved after a validation hold the new statistics.
 
     In a recipe::
 

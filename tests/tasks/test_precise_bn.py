@@ -64,7 +64,7 @@ def test_average_over_batches_and_frozen_norms_untouched():
     # the first trained BatchNorm (blocks.1's first) is the plain average of its inputs' per-batch means
     inputs = []
     first = next(m for n, m in net.named_modules() if isinstance(m, nn.BatchNorm2d) and n.startswith("blocks.1."))
-    hook = first.register_forward_pre_hook(lambda m, i: inputs.append(i[0].mean((0, 2, 3))) and None)
+    hook = first.register_forward_pre_hook(lambda m, i: inputs.append(i[0].mean((0, 2, 3))))
     net.eval()
     with torch.no_grad():
         saved = first.running_mean.clone()
