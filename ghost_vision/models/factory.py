@@ -75,6 +75,7 @@ def create_ghostnet(
     num_classes: int = 1000,
     drop_rate: float = 0.2,
     in_chans: int = 3,
+    reduced_tail: bool = False,
 ) -> GhostNet | GhostNetFeatures:
     """Build a GhostNet variant by name (see :data:`VARIANTS`).
 
@@ -95,6 +96,8 @@ def create_ghostnet(
         num_classes: classifier outputs.
         drop_rate: dropout before the classifier.
         in_chans: input channels.
+        reduced_tail: half-width stride-32 stages (feature backbone; see
+            :func:`~ghost_vision.models.ghostnet.stage_cfgs`); trained from scratch, no weights fit it.
 
     Example:
         >>> import torch
@@ -105,10 +108,15 @@ def create_ghostnet(
     """
     check_variant(name)
     version, width = variant_config(name)
+    if reduced_tail and (weights is not None or not features_only):
+        raise ValueError(
+            f"reduced_tail=True halves the stride-32 stages of {name}: it is a feature backbone to train from "
+            "scratch (features_only=True, weights=None); published weights have the full tail"
+        )
     if features_only:
         model: GhostNet | GhostNetFeatures = GhostNetFeatures(
             version=version, width=width, out_indices=out_indices, output_stride=output_stride,
-            frozen_stages=frozen_stages, norm_eval=norm_eval, in_chans=in_chans,
+            frozen_stages=frozen_stages, norm_eval=norm_eval, in_chans=in_chans, reduced_tail=reduced_tail,
         )
     else:
         model = GhostNet(version=version, width=width, num_classes=num_classes, drop_rate=drop_rate,

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .layers import ConvBnAct, GhostBottleneck, make_divisible
 from .layers_v3 import GhostBottleneckV3, reparameterize
 
-__all__ = ["GhostNet", "GhostNetFeatures", "GHOSTNET_CFG", "LEVEL_STAGES", "LEVEL_STRIDES"]
+__all__ = ["GhostNet", "GhostNetFeatures", "GHOSTNET_CFG", "LEVEL_STAGES", "LEVEL_STRIDES", "stage_cfgs"]
 
 # [kernel, expansion, out, SE ratio, stride] per bottleneck; one inner list per stage blocks.0..blocks.8.
 GHOSTNET_CFG: list[list[list[float]]] = [
@@ -37,6 +37,20 @@ GHOSTNET_CFG: list[list[list[float]]] = [
 LEVEL_STAGES: tuple[int, ...] = (0, 2, 4, 6, 9)
 LEVEL_STRIDES: tuple[int, ...] = (2, 4, 8, 16, 32)
 NUM_STAGES = len(GHOSTNET_CFG) + 1  # + the final 1x1 ConvBnAct (blocks.9)
+_TAIL_STAGES = (7, 8)  # the stride-32 stages (+ blocks.9), halved by ``reduced_tail``
+
+
+def stage_cfgs(*, reduced_tail: bool = False) -> list[list[list[float]]]:
+    """:data:`GHOSTNET_CFG`, or with ``reduced_tail`` its stride-32 tail at half the channels as torchvision's
+    ``mobilenet_v3_large(reduced_tail=True)`` (the stride-2 bottleneck keeps its 672 expansion and outputs 80,
+    the later ones expand to 480; the final 1x1 stage has 480): the from-scratch SSDLite form."""
+    if not reduced_tail:
+        return GHOSTNET_CFG
+    return [
+        [[k, exp if i == 0 and s == 2 else exp // 2, c // 2, se, s] for i, (k, exp, c, se, s) in enumerate(cfg)]
+        if idx in _TAIL_STAGES else cfg
+        for idx, cfg in enumerate(GHOSTNET_CFG)
+    ]
 
 
 def _check_common(version: int, width: float) -> None:
@@ -50,15 +64,17 @@ class _GhostTrunk(nn.Module):
     """Stem + ``blocks`` (shared by the classifier and the feature backbone, same key names)."""
 
     def _build_trunk(
-        self, *, version: int, width: float, in_chans: int, num_stages: int, dilations: Sequence[int]
+        self, *, version: int, width: float, in_chans: int, num_stages: int, dilations: Sequence[int],
+        reduced_tail: bool = False,
     ) -> None:
+        cfgs = stage_cfgs(reduced_tail=reduced_tail)
         stem_chs = make_divisible(16 * width, 4)
         self.conv_stem = nn.Conv2d(in_chans, stem_chs, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_chs)
         self.act1 = nn.ReLU(inplace=True)
         prev, layer_idx, stage_out = stem_chs, 0, []
         stages: list[nn.Module] = []
-        for stage_idx, cfg in enumerate(GHOSTNET_CFG[: min(num_stages, len(GHOSTNET_CFG))]):
+        for stage_idx, cfg in enumerate(cfgs[: min(num_stages, len(cfgs))]):
             layers = []
             for k, exp, c, se, s in cfg:
                 out_chs, mid_chs = make_divisible(c * width, 4), make_divisible(exp * width, 4)
@@ -80,7 +96,7 @@ class _GhostTrunk(nn.Module):
             stages.append(nn.Sequential(*layers))
             stage_out.append(prev)
         if num_stages == NUM_STAGES:
-            last = make_divisible(GHOSTNET_CFG[-1][-1][1] * width, 4)
+            last = make_divisible(cfgs[-1][-1][1] * width, 4)
             stages.append(nn.Sequential(ConvBnAct(prev, last)))
             stage_out.append(last)
         self.blocks = nn.Sequential(*stages)
@@ -160,6 +176,8 @@ class GhostNetFeatures(_GhostTrunk):
         frozen_stages: -1 freezes nothing; 0 the stem; ``k >= 1`` the stem and ``blocks.0 .. blocks.k-1``
             (no gradients, their BatchNorms stay in eval mode).
         norm_eval: keep every BatchNorm in eval mode, also in ``train()``.
+        reduced_tail: halve the channels of the stride-32 stages (see :func:`stage_cfgs`; 480 instead of
+            960 at the end), as torchvision's SSDLite does from scratch; published weights do not fit it.
 
     Example:
         >>> import torch
@@ -171,6 +189,7 @@ class GhostNetFeatures(_GhostTrunk):
     def __init__(
         self, *, version: int = 1, width: float = 1.0, out_indices: Sequence[int] = (1, 2, 3, 4),
         output_stride: int = 32, frozen_stages: int = -1, norm_eval: bool = False, in_chans: int = 3,
+        reduced_tail: bool = False,
     ) -> None:
         super().__init__()
         _check_common(version, width)
@@ -195,9 +214,10 @@ class GhostNetFeatures(_GhostTrunk):
             dilations.append(dil)
         dilations.append(dil)
         self._build_trunk(
-            version=version, width=width, in_chans=in_chans, num_stages=num_stages, dilations=dilations
+            version=version, width=width, in_chans=in_chans, num_stages=num_stages, dilations=dilations,
+            reduced_tail=reduced_tail,
         )
-        self.version, self.width = version, width
+        self.version, self.width, self.reduced_tail = version, width, reduced_tail
         self.out_indices = out_indices
         self.output_stride = output_stride
         self.frozen_stages, self.norm_eval = frozen_stages, norm_eval

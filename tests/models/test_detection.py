@@ -222,3 +222,49 @@ def test_size_kwarg_is_ignored_with_warning() -> None:
         model = ssdlite320_ghostnet(size=(512, 512))
     assert any("already fixed" in str(w.message) for w in caught)
     assert model.transform.min_size == (320,)
+
+
+def test_reduced_tail_halves_the_stride32_stages_as_torchvision() -> None:
+    # oracle: torchvision's own MobileNetV3-Large configuration with and without reduced_tail; GhostNet's
+    # configuration is MobileNetV3's, so each (expansion, out) pair of the tail must map the same way
+    from torchvision.models.mobilenetv3 import _mobilenet_v3_conf
+
+    from ghost_vision.models.ghostnet import GHOSTNET_CFG, stage_cfgs
+
+    full, last_full = _mobilenet_v3_conf("mobilenet_v3_large")
+    reduced, last_reduced = _mobilenet_v3_conf("mobilenet_v3_large", reduced_tail=True)
+    mapping = {(f.expanded_channels, f.out_channels): (r.expanded_channels, r.out_channels)
+               for f, r in zip(full, reduced) if f != r}
+    assert mapping  # the tail differs
+    cfgs = stage_cfgs(reduced_tail=True)
+    for idx, (stage, stage_reduced) in enumerate(zip(GHOSTNET_CFG, cfgs)):
+        for (k, exp, c, se, s), (k2, exp2, c2, se2, s2) in zip(stage, stage_reduced, strict=True):
+            assert (k2, se2, s2) == (k, se, s)
+            assert (exp2, c2) == (mapping.get((exp, c), (exp, c)) if idx >= 7 else (exp, c))
+    assert stage_cfgs() is GHOSTNET_CFG
+
+    torch.manual_seed(0)
+    full_model = ssdlite320_ghostnet(num_classes=3).eval()
+    model = ssdlite320_ghostnet(num_classes=3, reduced_tail=True).eval()
+    body, full_body = model.backbone.body, full_model.backbone.body
+    assert body.stage_channels[-1] == full_body.stage_channels[-1] // 2 == 480
+    # the final 1x1 stage: torchvision's reduced last conv is 6 x 80 = 480 as well
+    assert body.stage_channels[-1] == 6 * reduced[-1].out_channels
+    assert last_reduced == last_full // 2
+    # up to the stride-16 tap the two bodies are the same network (same keys and shapes)
+    up_to_tap = {k: v.shape for k, v in full_body.state_dict().items()
+                 if not k.startswith(("blocks.7", "blocks.8", "blocks.9")) or k.startswith("blocks.7.0.ghost1")}
+    assert {k: body.state_dict()[k].shape for k in up_to_tap} == up_to_tap
+    with torch.no_grad():
+        maps = model.backbone(torch.rand(1, 3, 320, 320))
+        out = model([torch.rand(3, 320, 320)])
+    assert [v.shape[1] for v in maps.values()] == [672, 480, 512, 256, 256, 128]
+    assert sorted(out[0]) == ["boxes", "labels", "scores"]
+
+
+def test_reduced_tail_needs_training_from_scratch(ghostnet_100_sd) -> None:
+    with pytest.raises(ValueError, match="reduced_tail=True.*from scratch"):
+        ssdlite320_ghostnet(num_classes=3, reduced_tail=True, weights_backbone=ghostnet_100_sd)
+    with pytest.raises(ValueError, match="features_only=True"):
+        create_ghostnet("ghostnet_100", reduced_tail=True)
+    assert create_ghostnet("ghostnet_100", features_only=True, reduced_tail=True).reduced_tail

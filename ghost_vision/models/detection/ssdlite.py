@@ -85,6 +85,7 @@ def ssdlite320_ghostnet(
     weights_backbone: Weights = None,
     trainable_backbone_layers: int | None = None,
     backbone: str | None = None,
+    reduced_tail: bool = False,
     **kwargs: Any,
 ) -> SSD:
     """SSDLite 320 on a GhostNet backbone: torchvision's ``SSD`` with ``SSDLiteHead`` and
@@ -105,6 +106,9 @@ def ssdlite320_ghostnet(
         trainable_backbone_layers: trainable units counted from the top, 0..6 (stem + 5 levels); default 6
             (all, as torchvision's SSDLite). Ignored (with a warning) without ``weights_backbone``.
         backbone: a variant name instead of ``width``, e.g. ``"ghostnetv2_100"``.
+        reduced_tail: halve the stride-32 stages (480 channels at the stride-32 map instead of 960), as
+            torchvision's SSDLite does when trained from scratch; needs ``weights_backbone=None``. It moves
+            MACs from the stride-32 tail to the wider stride-16 part at a given cost (e.g. ``width=1.3``).
         **kwargs: passed to ``torchvision.models.detection.SSD`` (defaults: ``score_thresh=0.001``,
             ``nms_thresh=0.55``, ``detections_per_img=300``, ``topk_candidates=300``,
             ``image_mean=image_std=[0.5] * 3``).
@@ -126,7 +130,8 @@ def ssdlite320_ghostnet(
     )
     norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
     body = build_body(
-        name, weights=weights_backbone, out_indices=(4,), trainable_layers=trainable, norm_layer=None
+        name, weights=weights_backbone, out_indices=(4,), trainable_layers=trainable, norm_layer=None,
+        reduced_tail=reduced_tail,
     )
     if weights_backbone is None:
         _normal_init(body)
