@@ -263,7 +263,7 @@ def test_reduced_tail_halves_the_stride32_stages_as_torchvision() -> None:
 
 
 def test_reduced_tail_needs_training_from_scratch(ghostnet_100_sd) -> None:
-    with pytest.raises(ValueError, match="reduced_tail=True.*from scratch"):
+    with pytest.raises(ValueError, match="reduced_tail=True.*weights_backbone=None"):
         ssdlite320_ghostnet(num_classes=3, reduced_tail=True, weights_backbone=ghostnet_100_sd)
     with pytest.raises(ValueError, match="features_only=True"):
         create_ghostnet("ghostnet_100", reduced_tail=True)

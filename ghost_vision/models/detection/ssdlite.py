@@ -122,6 +122,11 @@ def ssdlite320_ghostnet(
         ['boxes', 'labels', 'scores']
     """
     name = resolve_variant(width, backbone)
+    if reduced_tail and weights_backbone is not None:
+        raise ValueError(
+            "reduced_tail=True halves the backbone's stride-32 stages, which published weights do not fit: train it "
+            "from scratch (weights_backbone=None), as torchvision's SSDLite does with its reduced tail"
+        )
     if "size" in kwargs:
         warnings.warn("The size of the model is already fixed; ignoring the parameter.", stacklevel=2)
         kwargs.pop("size")
