@@ -37,7 +37,8 @@ GHOSTNET_CFG: list[list[list[float]]] = [
 LEVEL_STAGES: tuple[int, ...] = (0, 2, 4, 6, 9)
 LEVEL_STRIDES: tuple[int, ...] = (2, 4, 8, 16, 32)
 NUM_STAGES = len(GHOSTNET_CFG) + 1  # + the final 1x1 ConvBnAct (blocks.9)
-_TAIL_STAGES = (7, 8)  # the stride-32 stages (+ blocks.9), halved by ``reduced_tail``
+# the stride-32 stages of GHOSTNET_CFG (blocks.7, blocks.8; blocks.9 follows the last one), halved by ``reduced_tail``
+_TAIL_STAGES = range(LEVEL_STAGES[-2] + 1, len(GHOSTNET_CFG))
 
 
 def stage_cfgs(*, reduced_tail: bool = False) -> list[list[list[float]]]:
