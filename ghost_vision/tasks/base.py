@@ -13,6 +13,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from .common import OPTIMIZERS, SCHEDULERS, WarmupSchedule, build_model, build_optimizer, build_scheduler
@@ -292,3 +293,9 @@ class BaseTask(L.LightningModule):
             raise ValueError(f"init_from={path}: no tensor of the checkpoint fits this model")
         self.model.load_state_dict(fit, strict=False)
         self.init_report = {"loaded": len(fit), "skipped": len(own) - len(fit)}
+        skipped = [k for k in own if k not in fit]
+        rank_zero_info(
+            f"init_from={path}: {len(fit)} of {len(own)} tensors loaded"
+            + (f"; {len(skipped)} keep their initialisation (not in it, or another shape): "
+               + ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "") if skipped else "")
+        )

@@ -23,7 +23,7 @@ from ghost_vision.data import (
     write_synthetic_voc,
 )
 from ghost_vision.data.masks import mask_to_polygons
-from ghost_vision.data.synthetic import _coco_scene, is_current
+from ghost_vision.data.synthetic import _coco_scene, is_current, read_marker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,6 +59,19 @@ def test_idempotent_and_regenerated_on_new_arguments(tmp_path):
     with pytest.raises(FileExistsError, match="foreign"):
         write_synthetic_coco(foreign, num_train=1, num_val=1)
     assert (foreign / "mine.txt").read_text() == "x"
+
+
+def test_linked_dataset_of_other_settings_is_not_rewritten(tmp_path):
+    shared = write_synthetic_coco(tmp_path / "shared", num_train=2, num_val=1)
+    link = tmp_path / "link"
+    link.symlink_to(shared, target_is_directory=True)
+    assert write_synthetic_coco(link, num_train=2, num_val=1) == link  # the same settings: used as it is
+    before = sorted(p.name for p in (shared / "val2017").iterdir())
+    with pytest.raises(FileExistsError, match=r"link.*num_val 1 here, 2 asked.*root of its own"):
+        write_synthetic_coco(link, num_train=2, num_val=2)
+    assert link.is_symlink() and read_marker(shared)["num_val"] == 1
+    assert sorted(p.name for p in (shared / "val2017").iterdir()) == before
+    assert not list(tmp_path.glob(".link.tmp-*"))
 
 
 def test_coco_scene_properties(synthetic_coco_root):

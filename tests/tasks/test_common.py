@@ -220,9 +220,13 @@ def test_mismatched_num_classes_checkpoint_fails_clearly(toy_checkpoint, tmp_pat
     assert DetectionTask.load_from_checkpoint(path).hparams.num_classes == 5
 
 
-def test_init_from_fine_tunes_with_a_new_head(toy_checkpoint, tmp_path):
+def test_init_from_fine_tunes_with_a_new_head(toy_checkpoint, tmp_path, caplog):
     path, trained = toy_checkpoint
-    task = DetectionTask({"class_path": TOY}, num_classes=3, init_from=str(path))
+    with caplog.at_level("INFO"):
+        task = DetectionTask({"class_path": TOY}, num_classes=3, init_from=str(path))
+    skipped = sorted(k for k in trained if k.startswith("head."))
+    assert f"{len(trained) - 2} of {len(trained)} tensors loaded; 2 keep their initialisation" in caplog.text
+    assert all(k in caplog.text for k in skipped)
     sd = task.model.state_dict()
     for key, value in trained.items():
         if key.startswith("head."):
