@@ -110,16 +110,18 @@ def _materialize(root: str | Path, params: dict[str, Any], write: Callable[[Path
             )
     elif root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not a synthetic dataset folder (no {MARKER}); choose another root")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    # a link to an empty (or not yet existing) folder: write into its target and keep the link
+    dest = root.resolve() if root.is_symlink() else root
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         write(tmp)
         (tmp / MARKER).write_text(json.dumps(params, sort_keys=True))
-        if root.exists():  # an empty folder, or an older synthetic dataset (it has our marker)
-            shutil.rmtree(root)
-        os.replace(tmp, root)
+        if dest.exists():  # an empty folder, or an older synthetic dataset (it has our marker)
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root

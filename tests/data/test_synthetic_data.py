@@ -72,6 +72,15 @@ def test_linked_dataset_of_other_settings_is_not_rewritten(tmp_path):
     assert link.is_symlink() and read_marker(shared)["num_val"] == 1
     assert sorted(p.name for p in (shared / "val2017").iterdir()) == before
     assert not list(tmp_path.glob(".link.tmp-*"))
+    # a link to an empty folder, or to none yet: the dataset goes to the link's target, the link stays
+    for name, make in (("empty", True), ("later", False)):
+        target = tmp_path / "disk" / name
+        if make:
+            target.mkdir(parents=True)
+        (tmp_path / f"{name}_link").symlink_to(target, target_is_directory=True)
+        assert write_synthetic_coco(tmp_path / f"{name}_link", num_train=1, num_val=1) == tmp_path / f"{name}_link"
+        assert (tmp_path / f"{name}_link").is_symlink() and read_marker(target)["num_train"] == 1
+    assert not list((tmp_path / "disk").glob(".*tmp-*"))
 
 
 def test_coco_scene_properties(synthetic_coco_root):
