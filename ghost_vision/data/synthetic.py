@@ -94,15 +94,13 @@ def _materialize(root: str | Path, params: dict[str, Any], write: Callable[[Path
     params = {"version": _FORMAT_VERSIONS[params["format"]], **params}
     marker = root / MARKER
     if marker.is_file():
-        found = read_marker(root)
+        found = read_marker(root) or {}
         if found == params:
             return root
         if root.is_symlink():
             # the link's target may be another run's data (a shared cache): rewriting it under that run would
             # change its files mid-training, and rmtree refuses links anyway, after the whole write
-            differ = ", ".join(
-                f"{k} {(found or {}).get(k)!r} here, {v!r} asked" for k, v in params.items() if (found or {}).get(k) != v
-            )
+            differ = ", ".join(f"{k} {found.get(k)!r} here, {v!r} asked" for k, v in params.items() if found.get(k) != v)
             raise FileExistsError(
                 f"{root} is a link to {root.resolve()}, a synthetic dataset written with other settings ({differ}); "
                 "a linked dataset is not rewritten: give this run a root of its own, or link to one written with "

@@ -292,9 +292,9 @@ class BaseTask(L.LightningModule):
         if not fit:
             raise ValueError(f"init_from={path}: no tensor of the checkpoint fits this model")
         self.model.load_state_dict(fit, strict=False)
-        self.init_report = {"loaded": len(fit), "skipped": len(own) - len(fit)}
-        message = f"init_from={path}: {len(fit)} of {len(own)} tensors loaded"
         skipped = [k for k in own if k not in fit]
+        self.init_report = {"loaded": len(fit), "skipped": len(skipped)}
+        message = f"init_from={path}: {len(fit)} of {len(own)} tensors loaded"
         if skipped:
             names = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
             message += f"; {len(skipped)} keep their initialisation (not in it, or another shape): {names}"
