@@ -103,3 +103,38 @@ def test_unscriptable_parts_stay_eager_with_a_warning() -> None:
     with torch.inference_mode():
         _assert_close(holder(x), fast(x))
     assert isinstance(fast.body, torch.jit.ScriptModule)
+
+
+def _expansion_widths(model: nn.Module) -> list[int]:
+    from ghost_vision.deploy.onnx_graph import OnnxGhostBottleneck
+
+    return [b.ghost1.cheap.out_channels for b in model.modules() if isinstance(b, OnnxGhostBottleneck)]
+
+
+def test_expansions_padded_to_16_channels_exactly() -> None:
+    """onnxruntime's int8 depthwise kernel works in blocks of 16 channels: every expansion a block keeps to
+    itself is padded to a multiple of 16 with zero filters (outputs unchanged); the SSDLite extractor's tapped
+    expansion (a feature map the head reads) keeps its width, and ``channel_multiple=1`` pads nothing."""
+    from ghost_vision.models.detection import ssdlite320_ghostnet
+
+    torch.manual_seed(0)
+    model = _randomize_bn(create_ghostnet("ghostnet_100", num_classes=7)).eval()
+    plain = _expansion_widths(optimize_for_onnx(model, channel_multiple=1))
+    padded = _expansion_widths(optimize_for_onnx(model))
+    assert [w for w in plain if w % 16] == [72, 72, 120, 200, 184, 184]  # GhostNet 1.0's unaligned expansions
+    assert [-(-w // 16) * 16 for w in plain] == padded
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        _assert_close(model(x), optimize_for_onnx(model)(x), atol=1e-5)
+
+    det = ssdlite320_ghostnet(num_classes=5, width=1.3).eval()
+    det.backbone = _randomize_bn(det.backbone).eval()
+    onnx_ready = optimize_for_onnx(det)
+    tap = onnx_ready.backbone.expansion_taps()[0]
+    assert tap.ghost1.cheap.out_channels == 872  # 1.3x: 4 * 218, read by the head, not padded
+    assert all(w % 16 == 0 for w in _expansion_widths(onnx_ready) if w != 872)
+    x = torch.rand(1, 3, 320, 320)
+    with torch.no_grad():
+        _assert_close(det.backbone(x), onnx_ready.backbone(x), atol=1e-4)
+        _assert_close(det.head(list(det.backbone(x).values())), onnx_ready.head(list(onnx_ready.backbone(x).values())),
+                      atol=1e-4)

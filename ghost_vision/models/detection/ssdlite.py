@@ -7,6 +7,7 @@ from collections import OrderedDict
 from functools import partial
 from typing import Any, Dict, List  # noqa: UP035 - TorchScript reads these annotations
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
@@ -55,6 +56,12 @@ class SSDLiteFeatureExtractorGhostNet(nn.Module):
             ]
         )
         _normal_init(self.extra)
+
+    @torch.jit.unused
+    def expansion_taps(self) -> list[nn.Module]:
+        """The bottlenecks whose expansion (``ghost1`` output) this extractor reads as a feature map: export
+        rewrites must keep those channels as they are (:func:`ghost_vision.deploy.onnx_graph.optimize_for_onnx`)."""
+        return list(self.body.blocks[_TAP_STAGE])
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:  # noqa: UP006 - an OrderedDict; typed for TorchScript
         x = self.body.forward_stem(x)
