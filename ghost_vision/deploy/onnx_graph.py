@@ -88,10 +88,24 @@ class ConcatFreeGhostModule(nn.Module):
 
 
 class _GapSqueezeExcite(FastSqueezeExcite):
-    """SE with ``adaptive_avg_pool2d(x, 1)`` (ONNX ``GlobalAveragePool``, which stays NCHWc) for the mean."""
+    """SE with ``adaptive_avg_pool2d(x, 1)`` (ONNX ``GlobalAveragePool``, which stays NCHWc) for the mean, and
+    the hard-sigmoid folded into the expand conv: ``hardsigmoid(z) = clamp(z / 6 + 0.5, 0, 1)``, so the gate is
+    ``Conv -> Clip(0, 1)``. onnxruntime's int8 quantizer fuses that ``Clip`` into the ``QLinearConv`` (its
+    output range is the gate's), where a ``HardSigmoid`` would stay fp32 between a ``DequantizeLinear`` and a
+    ``QuantizeLinear``."""
+
+    def __init__(self, src: nn.Module) -> None:
+        super().__init__(src)
+        e = self.conv_expand
+        bias = e.bias if e.bias is not None else e.weight.new_zeros(e.out_channels)
+        self.conv_expand = nn.Conv2d(e.in_channels, e.out_channels, 1)
+        self.conv_expand.weight, self.conv_expand.bias = frozen_param(e.weight / 6), frozen_param(bias / 6 + 0.5)
 
     def gate(self, x: Tensor) -> Tensor:
         return self.gate_from_mean(F.adaptive_avg_pool2d(x, 1))
+
+    def gate_from_mean(self, s: Tensor) -> Tensor:
+        return torch.clamp(self.conv_expand(F.relu(self.conv_reduce(s))), 0.0, 1.0)
 
 
 class OnnxGhostBottleneck(GhostBottleneck):
@@ -129,7 +143,7 @@ class OnnxGhostBottleneck(GhostBottleneck):
         g1.primary, g1.cheap = _pad_out(g1.primary, n), _pad_out(g1.cheap, n)
         if self.conv_dw is not None:
             self.conv_dw = _pad_out(self.conv_dw, n)
-        if self.se is not None:  # the padded channels' gate is hardsigmoid(0) = 0.5, times a zero map
+        if self.se is not None:  # the padded channels' gate (clamp(0, 0, 1) = 0) multiplies a zero map
             self.se.conv_reduce, self.se.conv_expand = _pad_in(self.se.conv_reduce, n), _pad_out(self.se.conv_expand, n)
         self.ghost2.primary = _pad_in(self.ghost2.primary, n)
         return True

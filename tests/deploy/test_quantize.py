@@ -81,16 +81,20 @@ def test_classifier_int8_close_to_fp32(classifier, qclassifier) -> None:
 
 def test_int8_graph_is_fused(qclassifier) -> None:
     """After onnxruntime's QDQ fusions every convolution is a QLinearConv and the float<->int8 conversions left
-    are bounded: the input, the output, the two of each SE gate (its hard-sigmoid on a C x 1 x 1 map) and the
-    classifier's pooling (exported as ReduceMean, fp32 on one small map)."""
+    are the input, the output and the classifier's pooling (exported as ReduceMean, fp32 on one small map): the
+    7 SE gates' hard-sigmoids are folded into their expand convs as a Clip, which the quantizer fuses into the
+    QLinearConv, and their products are QLinearMul."""
     ops = qdq_count(qclassifier)
-    convs = sum(1 for n in _onnx_nodes(qclassifier.onnx_bytes) if n.op_type == "Conv")
+    nodes = _onnx_nodes(qclassifier.onnx_bytes)
+    convs = sum(1 for n in nodes if n.op_type == "Conv")
     assert ops.get("QLinearConv", 0) + ops.get("Gemm", 0) >= convs - 1 > 0
     assert ops.get("Conv", 0) == 0
-    se, pool = ops.get("HardSigmoid", 0), ops.get("ReduceMean", 0)
-    assert se == 7 and pool <= 1
-    assert ops.get("QuantizeLinear", 0) <= 1 + se + pool
-    assert ops.get("DequantizeLinear", 0) <= 1 + se + pool
+    assert sum(n.op_type == "Clip" for n in nodes) == 0  # fused away by the quantizer
+    assert ops.get("HardSigmoid", 0) == ops.get("Clip", 0) == 0 and ops.get("QLinearMul", 0) == 7
+    pool = ops.get("ReduceMean", 0)
+    assert pool <= 1
+    assert ops.get("QuantizeLinear", 0) <= 1 + pool
+    assert ops.get("DequantizeLinear", 0) <= 1 + pool
 
 
 def _onnx_nodes(data: bytes):
