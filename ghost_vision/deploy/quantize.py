@@ -88,8 +88,8 @@ def _kind(model: nn.Module) -> str:
             return "fasterrcnn"
         if hasattr(model, "head") and hasattr(model, "anchor_generator"):
             return "retinanet_fcos"
-        raise QuantizationError(f"{type(model).__name__}: a detector without an exportable head (Mask R-CNN "
-                                "and keypoint heads are not covered)")
+        raise QuantizationError(f"{type(model).__name__}: a detector that is neither an SSD, an R-CNN (``rpn``) "
+                                "nor a RetinaNet/FCOS (``head`` + ``anchor_generator``): no exportable core")
     seg = any(hasattr(model, a) for a in ("classifier", "aux_classifier")) and hasattr(model, "backbone")
     return "segmenter" if seg else "classifier"
 
@@ -266,8 +266,8 @@ def quantize(
     """Quantize ``model``'s network core to int8 (static, QDQ, onnxruntime); pre/post-processing stay fp32.
 
     Covered: classifiers (GhostNet v1/v2/v3 - v3 in its fused deploy form), segmenters (DeepLab-lite,
-    LR-ASPP), SSD detectors (SSDLite-Ghost), RetinaNet/FCOS (backbone + head int8) and Faster R-CNN
-    (backbone + RPN head int8; RPN proposal filtering and the RoI heads fp32 torch).
+    LR-ASPP), SSD detectors (SSDLite-Ghost), RetinaNet/FCOS (backbone + head int8) and Faster/Mask R-CNN
+    (backbone + RPN head int8; RPN proposal filtering and the RoI box/mask heads fp32 torch).
 
     Args:
         model: the eval-mode model (GhostNetV3 training branches are fused on a copy).
