@@ -97,9 +97,8 @@ class _GapSqueezeExcite(FastSqueezeExcite):
     def __init__(self, src: nn.Module) -> None:
         super().__init__(src)
         e = self.conv_expand
-        bias = e.bias if e.bias is not None else e.weight.new_zeros(e.out_channels)
         self.conv_expand = nn.Conv2d(e.in_channels, e.out_channels, 1)
-        self.conv_expand.weight, self.conv_expand.bias = frozen_param(e.weight / 6), frozen_param(bias / 6 + 0.5)
+        self.conv_expand.weight, self.conv_expand.bias = frozen_param(e.weight / 6), frozen_param(_bias(e) / 6 + 0.5)
 
     def gate(self, x: Tensor) -> Tensor:
         return self.gate_from_mean(F.adaptive_avg_pool2d(x, 1))
@@ -128,7 +127,6 @@ class OnnxGhostBottleneck(GhostBottleneck):
             mid = self.se(mid)
         return self.ghost2(mid) + self.shortcut(x)
 
-
     def pad_expansion(self, multiple: int) -> bool:
         """Pad the expansion (``ghost1``'s output, the depthwise conv, the SE block, ``ghost2``'s input) to a
         multiple of ``multiple`` channels with zero filters; the output is unchanged. Only a concat-free
@@ -149,13 +147,18 @@ class OnnxGhostBottleneck(GhostBottleneck):
         return True
 
 
+def _bias(conv: nn.Conv2d) -> Tensor:
+    """The convolution's bias, zeros where it has none."""
+    return conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+
+
 def _pad_out(conv: nn.Conv2d, n: int) -> nn.Conv2d:
     """``conv`` with ``n`` output channels, the added ones zero filters with zero bias (a depthwise conv gets
     ``n`` groups, i.e. ``n`` inputs as well)."""
     dw = conv.groups > 1
     out = nn.Conv2d(n if dw else conv.in_channels, n, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     groups=n if dw else 1)
-    w, b = conv.weight, conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+    w, b = conv.weight, _bias(conv)
     out.weight = frozen_param(torch.cat([w, w.new_zeros(n - w.shape[0], *w.shape[1:])]))
     out.bias = frozen_param(torch.cat([b, b.new_zeros(n - b.shape[0])]))
     return out
