@@ -156,11 +156,23 @@ class DetectionTask(BaseTask):
             out_t.append(target)
         return out_p, out_t
 
+    @staticmethod
+    def drop_background(preds: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        """Predictions without label 0. The data's labels are 1..K and 0 is the background slot; RetinaNet and
+        FCOS score that slot like any class (trained only as a negative), so an untrained one can put it above
+        the score threshold, where no metric has a category for it."""
+        out = []
+        for p in preds:
+            keep = p["labels"] != 0
+            out.append(p if bool(keep.all()) else {k: v[keep] if torch.is_tensor(v) and v.shape[:1] == keep.shape
+                                                    else v for k, v in p.items()})
+        return out
+
     def _eval_step(self, batch: Sequence[Any] | None) -> None:
         if batch is None:  # only skipped samples (skip_corrupt=True): nothing to score
             return
         images, targets = self._split(batch)
-        preds, targets = self.to_original_size(self.model(images), images, targets)
+        preds, targets = self.to_original_size(self.drop_background(self.model(images)), images, targets)
         self.val_metric.update(preds, targets)
 
     def validation_step(self, batch: Sequence[Any], batch_idx: int) -> None:

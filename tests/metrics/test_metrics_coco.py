@@ -157,3 +157,28 @@ def test_verbose_prints_the_summary(ann_file, capsys):
     assert capsys.readouterr().out == ""
     coco_mean_ap(ann_file, [coco_detections(11)], [{"image_id": 11}], verbose=True)
     assert "Average Precision  (AP) @[ IoU=0.50:0.95" in capsys.readouterr().out
+
+
+def test_background_label_predictions_are_dropped_before_scoring(ann_file):
+    """RetinaNet/FCOS can predict label 0 (the background slot, no COCO category): the detection task drops those
+    boxes before the metric, whose result equals pycocotools on the other detections; the metric alone refuses
+    label 0, naming the image."""
+    from ghost_vision.tasks import DetectionTask
+
+    dets = {i: coco_detections(i) for i in ALL_IDS}
+    with_bg = {}
+    for i, d in dets.items():
+        n = len(d["labels"])
+        with_bg[i] = {"boxes": torch.cat([d["boxes"], torch.tensor([[1.0, 1, 30, 30]] * 2)]),
+                      "scores": torch.cat([d["scores"], torch.tensor([0.99, 0.5])]),
+                      "labels": torch.cat([d["labels"], torch.zeros(2, dtype=d["labels"].dtype)])}
+        assert len(with_bg[i]["labels"]) == n + 2
+    metric = CocoMeanAP(ann_file)
+    ids = list(dets)
+    metric.update(DetectionTask.drop_background([with_bg[i] for i in ids]), [{"image_id": i} for i in ids])
+    out = metric.compute()
+    assert [out[k].item() for k in COCO_STAT_NAMES] == reference_stats(ann_file, dets, ALL_IDS)
+    raw = CocoMeanAP(ann_file)
+    raw.update([with_bg[ids[0]]], [{"image_id": ids[0]}])
+    with pytest.raises(ValueError, match=f"image {ids[0]}: predicted label 0 has no COCO category id"):
+        raw.compute()

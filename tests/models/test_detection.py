@@ -268,3 +268,17 @@ def test_reduced_tail_needs_training_from_scratch(ghostnet_100_sd) -> None:
     with pytest.raises(ValueError, match="features_only=True"):
         create_ghostnet("ghostnet_100", reduced_tail=True)
     assert create_ghostnet("ghostnet_100", features_only=True, reduced_tail=True).reduced_tail
+
+
+def test_retinanet_head_norm_is_torchvisions_v2_head() -> None:
+    plain = retinanet_ghostnet_fpn(num_classes=5)
+    normed = retinanet_ghostnet_fpn(num_classes=5, head_norm=True)
+    for head in (normed.head.classification_head, normed.head.regression_head):
+        gns = [m for m in head.conv.modules() if isinstance(m, torch.nn.GroupNorm)]
+        assert len(gns) == 4 and all(g.num_groups == 32 and g.num_channels == 256 for g in gns)
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in plain.head.modules())
+    # the rest of the detector is the same: same parameter names outside the head towers
+    outside = lambda m: {k for k in m.state_dict() if ".conv." not in k}  # noqa: E731
+    assert outside(plain) == outside(normed)
+    with pytest.raises(ValueError, match="head= or head_norm=True"):
+        retinanet_ghostnet_fpn(num_classes=5, head_norm=True, head=plain.head)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops.feature_pyramid_network import (
     ExtraFPNBlock,
     FeaturePyramidNetwork,
@@ -156,7 +158,7 @@ _COMMON_ARGS = """
         backbone: a variant name instead of ``width``, e.g. ``"ghostnetv2_100"``.
         returned_layers: levels fed to the FPN, each in 0..4 (level ``i`` at stride ``2 ** (i + 1)``); default
             ``[3, 4]`` for Faster R-CNN, ``[2, 3, 4]`` for RetinaNet and FCOS. The anchors follow the levels.
-        **kwargs: passed to the torchvision detector class (``min_size``, ``max_size``, thresholds, ...).
+{extra}        **kwargs: passed to the torchvision detector class (``min_size``, ``max_size``, thresholds, ...).
             The defaults are torchvision's (``min_size=800, max_size=1333``); for a 320 px model like
             ``fasterrcnn_mobilenet_v3_large_320_fpn`` pass ``min_size=320, max_size=640``.
 """
@@ -206,6 +208,7 @@ def retinanet_ghostnet_fpn(
     trainable_backbone_layers: int | None = None,
     backbone: str | None = None,
     returned_layers: Sequence[int] | None = None,
+    head_norm: bool = False,
     **kwargs: Any,
 ) -> RetinaNet:
     """RetinaNet on :func:`ghostnet_fpn_backbone` with ``LastLevelP6P7`` (P3-P7 by default), built like
@@ -225,6 +228,11 @@ def retinanet_ghostnet_fpn(
     )
     anchor_sizes = tuple((4 * s, int(4 * s * 2 ** (1.0 / 3)), int(4 * s * 2 ** (2.0 / 3))) for s in bb.strides)
     anchor_generator = AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes))
+    if head_norm:
+        if "head" in kwargs:
+            raise ValueError("retinanet_ghostnet_fpn: pass head= or head_norm=True, not both")
+        kwargs["head"] = RetinaNetHead(bb.out_channels, anchor_generator.num_anchors_per_location()[0], num_classes,
+                                       norm_layer=partial(nn.GroupNorm, 32))
     return RetinaNet(bb, num_classes, anchor_generator=anchor_generator, **kwargs)
 
 
@@ -256,7 +264,13 @@ def fcos_ghostnet_fpn(
     return FCOS(bb, num_classes, anchor_generator=anchor_generator, **kwargs)
 
 
+_EXTRA_ARGS = {retinanet_ghostnet_fpn: """\
+        head_norm: ``GroupNorm(32)`` after each of the head's tower convs, as in torchvision's
+            ``retinanet_resnet50_fpn_v2``. Use it to train without ImageNet weights: the plain head's four
+            convs (weights of std 0.01, no normalization) pass almost no signal from an untrained backbone,
+            and the classifier stays at its background prior (measured on the shapes: docs/int8.md).
+"""}
 for _fn in (fasterrcnn_ghostnet_fpn, retinanet_ghostnet_fpn, fcos_ghostnet_fpn):
     if _fn.__doc__:  # None under python -OO
-        _fn.__doc__ = _fn.__doc__.replace("{args}", _COMMON_ARGS)
+        _fn.__doc__ = _fn.__doc__.replace("{args}", _COMMON_ARGS.replace("{extra}", _EXTRA_ARGS.get(_fn, "")))
 del _fn
