@@ -244,8 +244,10 @@ def _det_batch(batch: int, size: int, seed: int = 0) -> tuple[list[Tensor], list
     return images, targets
 
 
-def train_step(spec: tuple[Any, ...], batch: int, size: int = 320, steps: int = 2) -> dict[str, Any]:
-    """Time detector training steps (SGD, synthetic boxes) and measure the RSS peak of the last one.
+def train_step(spec: tuple[Any, ...], batch: int, size: int = 320, steps: int = 2,
+               channels_last: bool = True) -> dict[str, Any]:
+    """Time detector training steps (SGD, synthetic boxes) and measure the RSS peak of the last one; the model
+    channels-last as the training tasks keep it (``channels_last=False``: contiguous NCHW).
 
     The first step allocates gradients and optimizer state; after it the RSS peak is reset
     (``/proc/self/clear_refs``) so ``step_peak_mb`` is what one steady-state step adds on top of the
@@ -254,6 +256,8 @@ def train_step(spec: tuple[Any, ...], batch: int, size: int = 320, steps: int = 
     """
     torch.manual_seed(0)
     model = build(spec).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     images, targets = _det_batch(batch, size)
     if getattr(getattr(model, "roi_heads", None), "has_mask", lambda: False)():  # Mask R-CNN: each box filled
         for image, t in zip(images, targets):
@@ -275,7 +279,7 @@ def train_step(spec: tuple[Any, ...], batch: int, size: int = 320, steps: int = 
     peak = peak_rss_mb()
     return dict(batch=batch, size=size, step_s=times[-1], first_step_s=times[0], images_per_s=batch / times[-1],
                 rss_before_step_mb=base, process_peak_mb=peak, step_peak_mb=peak - base if reset else None,
-                peak_reset=reset, threads=torch.get_num_threads())
+                peak_reset=reset, threads=torch.get_num_threads(), channels_last=channels_last)
 
 
 def train_step_subprocess(pair: str, which: str, batch: int, threads: int, steps: int = 2,

@@ -86,6 +86,11 @@ class BaseTask(L.LightningModule):
         milestones: fractions of training where ``"step"`` multiplies the learning rate by 0.1.
         on_nonfinite: ``"raise"`` or ``"skip"`` for a NaN/inf training loss.
         init_from: a checkpoint whose fitting tensors initialise the model.
+        channels_last: keep the model's 4-D weights, and so its feature maps, in channels-last (NHWC) memory.
+            Same arithmetic, same checkpoints, faster: oneDNN's CPU depthwise convolutions run 2-4.5x faster
+            this way, backward included. Measured on a 2-core AMD EPYC, 1 thread, a training step at batch 16:
+            SSDLite-Ghost 1.7x, NanoDet 1.5-1.7x, the SSDLite-MobileNetV3 peer 1.5x; at batch 4 DeepLab-lite
+            1.4x, LR-ASPP 1.2x, the FPN detectors (mostly 256-channel 3x3 convs) 1.03-1.1x.
     """
 
     model: nn.Module
@@ -116,6 +121,7 @@ class BaseTask(L.LightningModule):
         milestones: Sequence[float] = (0.67, 0.89),
         on_nonfinite: str = "raise",
         init_from: str | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         for key, value, choices in (("optimizer", optimizer, OPTIMIZERS), ("scheduler", scheduler, SCHEDULERS),
@@ -126,6 +132,8 @@ class BaseTask(L.LightningModule):
         self.save_hyperparameters()
         self.skipped_steps = 0
         self.model = build_model(model, num_classes, **(model_kwargs or {}))
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         if init_from:
             self._load_init_from(init_from)
 

@@ -39,6 +39,8 @@ class DetectionTask(BaseTask):
         on_nonfinite: ``"raise"`` stops at a NaN/inf loss naming the step; ``"skip"`` skips and counts it
             (single-process only: under DDP every rank must step).
         init_from: a checkpoint to fine-tune from: every tensor whose name and shape fit is loaded.
+        channels_last: the model in channels-last memory format (faster on CPU and GPU; see
+            :class:`~ghost_vision.tasks.base.BaseTask`).
 
     Example:
         >>> task = DetectionTask("ssdlite320_ghostnet", num_classes=4)
@@ -63,6 +65,7 @@ class DetectionTask(BaseTask):
         milestones: Sequence[float] = (0.67, 0.89),
         on_nonfinite: str = "raise",
         init_from: str | None = None,
+        channels_last: bool = True,
     ) -> None:
         if metric not in ("auto", "coco", "voc07", "voc"):
             raise ValueError(f"metric must be one of auto, coco, voc07, voc; got {metric!r}")
@@ -75,6 +78,7 @@ class DetectionTask(BaseTask):
             model=model, model_kwargs=model_kwargs, num_classes=num_classes, class_names=class_names,
             optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler,
             warmup_epochs=warmup_epochs, milestones=milestones, on_nonfinite=on_nonfinite, init_from=init_from,
+            channels_last=channels_last,
         )
         self.val_metric: Any = None
 

@@ -40,6 +40,8 @@ class SegmentationTask(BaseTask):
         on_nonfinite: ``"raise"`` or ``"skip"`` a step with a NaN/inf loss, as in
             :class:`~ghost_vision.tasks.DetectionTask`.
         init_from: a checkpoint to fine-tune from: every tensor whose name and shape fit is loaded.
+        channels_last: the model in channels-last memory format (faster on CPU and GPU; see
+            :class:`~ghost_vision.tasks.base.BaseTask`).
 
     Example:
         >>> task = SegmentationTask("lraspp_ghostnet", num_classes=19)
@@ -64,11 +66,13 @@ class SegmentationTask(BaseTask):
         milestones: Sequence[float] = (0.67, 0.89),
         on_nonfinite: str = "raise",
         init_from: str | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__(
             model=model, model_kwargs=model_kwargs, num_classes=num_classes, class_names=class_names,
             optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler,
             warmup_epochs=warmup_epochs, milestones=milestones, on_nonfinite=on_nonfinite, init_from=init_from,
+            channels_last=channels_last,
         )
         self.val_metric = SegmentationMetric(num_classes, ignore_index=ignore_index)
         self.val_loss = PerImageMean()

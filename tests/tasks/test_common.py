@@ -285,3 +285,34 @@ def test_resumable_loader_epochs_are_reproducible_and_resume_mid_epoch():
     # a state from another epoch (an epoch-end checkpoint) does not skip anything
     c.load_state_dict({"seed": 5, "epoch": 0, "batches": 4})
     assert [x.tolist() for x in c] == epochs[1]
+
+
+def test_channels_last_is_the_same_model_in_another_memory_layout(tmp_path):
+    """``channels_last`` (default True) changes where the weights and maps sit in memory, not the arithmetic:
+    same outputs and losses (float rounding), same checkpoint keys and values; a channels-last checkpoint
+    loads into a contiguous task and back."""
+    torch.manual_seed(0)
+    cl = SegmentationTask("lraspp_ghostnet", num_classes=3, model_kwargs={"width": 0.5})
+    plain = SegmentationTask("lraspp_ghostnet", num_classes=3, model_kwargs={"width": 0.5}, channels_last=False)
+    plain.model.load_state_dict(cl.model.state_dict())
+    first = next(m for m in cl.model.modules() if isinstance(m, nn.Conv2d))
+    assert first.weight.is_contiguous(memory_format=torch.channels_last) and not first.weight.is_contiguous()
+    assert all(p.is_contiguous() for p in plain.model.parameters())
+    maps = []
+    first.register_forward_hook(lambda m, i, o: maps.append(o))
+    x = torch.rand(2, 3, 64, 64)
+    cl.eval(), plain.eval()
+    with torch.no_grad():
+        a, b = cl(x)["out"], plain(x)["out"]
+    assert maps[0].is_contiguous(memory_format=torch.channels_last)  # the maps follow the weights
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    cl.train(), plain.train()
+    target = torch.randint(0, 3, (2, 64, 64))
+    la, lb = (torch.nn.functional.cross_entropy(t(x)["out"], target) for t in (cl, plain))
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
+    path = tmp_path / "cl.pt"
+    torch.save(cl.model.state_dict(), path)
+    loaded = SegmentationTask("lraspp_ghostnet", num_classes=3, model_kwargs={"width": 0.5}, channels_last=False)
+    loaded.model.load_state_dict(torch.load(path))
+    assert all(torch.equal(u, v) for u, v in zip(loaded.model.state_dict().values(), cl.model.state_dict().values()))
+    assert all(p.is_contiguous() for p in loaded.model.parameters())  # copied into the task's own layout
