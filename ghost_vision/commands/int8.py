@@ -81,7 +81,8 @@ def _e2e(model: Any, images: list[torch.Tensor]):
 def benchmark_int8(rounds: int, threads: int, num_images: int = 16) -> dict[str, Any]:
     """SSDLite-Ghost at batch 1, 320 px: int8 vs fp32 onnxruntime vs the ``optimize()`` fast path, and the
     MobileNetV3 SSDLite peer quantized the same way; end to end (pre/post-processing included) and the network
-    core alone, interleaved (medians, per-round ratios). Random weights (speed does not depend on them),
+    core alone (in rounds of its own, away from torch's spinning threads), interleaved (medians, per-round
+    ratios). Random weights (speed does not depend on them),
     ``score_thresh=0.2`` for both detectors."""
     from ghost_vision.deploy import optimize
 
@@ -98,11 +99,13 @@ def benchmark_int8(rounds: int, threads: int, num_images: int = 16) -> dict[str,
               "ghost_int8": quantize(ghost, calib, num_images=num_images, threads=threads),
               "peer_ort_fp32": quantize(peer, calib, num_images=num_images, int8=False, threads=threads),
               "peer_int8": quantize(peer, calib, num_images=num_images, threads=threads)}
-    fns = {k: _e2e(m, images) for k, m in models.items()}
+    times = interleaved({k: _e2e(m, images) for k, m in models.items()}, rounds, warmup=2)
+    # the cores in rounds of their own: right after a torch call (pre/post-processing, the fast path) torch's
+    # OpenMP workers still spin-wait on the other cores and slow a multi-threaded onnxruntime run down (fp32
+    # more than int8: 2 threads, 17.4 vs 11.7 ms for the same fp32 core, ratio 0.58x vs 0.68x)
     x = models["ghost_int8"].transform(images)[0].tensors
-    for k in ("ghost_ort_fp32", "ghost_int8", "peer_ort_fp32", "peer_int8"):
-        fns[f"{k}_core"] = lambda m=models[k]: m.core(x)
-    times = interleaved(fns, rounds, warmup=2)
+    cores = ("ghost_ort_fp32", "ghost_int8", "peer_ort_fp32", "peer_int8")
+    times.update(interleaved({f"{k}_core": lambda m=models[k]: m.core(x) for k in cores}, rounds, warmup=2))
     ratios = {"int8_vs_fast": ("ghost_int8", "ghost_fast"), "int8_vs_ort_fp32": ("ghost_int8", "ghost_ort_fp32"),
               "int8_vs_peer_int8": ("ghost_int8", "peer_int8"),
               "core_int8_vs_fp32": ("ghost_int8_core", "ghost_ort_fp32_core"),
