@@ -39,7 +39,7 @@ class DetectionTask(BaseTask):
         on_nonfinite: ``"raise"`` stops at a NaN/inf loss naming the step; ``"skip"`` skips and counts it
             (single-process only: under DDP every rank must step).
         init_from: a checkpoint to fine-tune from: every tensor whose name and shape fit is loaded.
-        channels_last: the model in channels-last memory format (faster on CPU and GPU; see
+        channels_last: the model in channels-last memory format (faster training on a CPU, measured; see
             :class:`~ghost_vision.tasks.base.BaseTask`).
 
     Example:

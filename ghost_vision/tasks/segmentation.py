@@ -40,7 +40,7 @@ class SegmentationTask(BaseTask):
         on_nonfinite: ``"raise"`` or ``"skip"`` a step with a NaN/inf loss, as in
             :class:`~ghost_vision.tasks.DetectionTask`.
         init_from: a checkpoint to fine-tune from: every tensor whose name and shape fit is loaded.
-        channels_last: the model in channels-last memory format (faster on CPU and GPU; see
+        channels_last: the model in channels-last memory format (faster training on a CPU, measured; see
             :class:`~ghost_vision.tasks.base.BaseTask`).
 
     Example:
